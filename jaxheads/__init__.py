@@ -1,0 +1,92 @@
+"""jaxheads: find and control the attention heads that carry safety behaviour in LLMs, in JAX/Flax.
+
+Public API: `load`, `forward`, `generate`, and the intervention helpers in `jaxheads.interventions`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxheads.errors import DataError, JaxheadsError, LoadError
+from jaxheads.generate import Generation, Sampling, encode_prompts, generate_ids, pad_id, strip_after_eos
+from jaxheads.interventions import Interventions, ablate, identity, single_heads
+from jaxheads.loading import Model, load
+
+__all__ = [
+    "DataError", "Generation", "Interventions", "JaxheadsError", "LoadError", "Model", "Sampling",
+    "ablate", "forward", "generate", "identity", "load", "single_heads",
+]
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _forward(graphdef, state, input_ids, attention_mask, heads):
+    return nnx.merge(graphdef, state)(input_ids, attention_mask, heads)
+
+
+def forward(model: Model, input_ids, attention_mask=None, interventions: Interventions | None = None) -> jax.Array:
+    """float32 logits `[B, T, V]` for left-padded `input_ids: [B, T]`.
+
+    `interventions`: arrays `[L, N]` (shared by the batch) or `[B, L, N]` (one per example); to run a batch of
+    interventions on the same inputs, `jax.vmap` this function over them.
+    """
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    if input_ids.ndim != 2:
+        raise JaxheadsError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+    mask = jnp.ones(input_ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
+    graphdef, state = nnx.split(model.module)
+    return _forward(graphdef, state, input_ids, mask, interventions)
+
+
+def eos_ids(model: Model) -> tuple[int, ...]:
+    """Token ids that end a generation: the config's EOS ids and the tokenizer's EOS token."""
+    ids = set(model.config.eos_token_ids)
+    tokenizer_eos = getattr(model.tokenizer, "eos_token_id", None)
+    if tokenizer_eos is not None:
+        ids.add(int(tokenizer_eos))
+    return tuple(sorted(ids))
+
+
+def generate(model: Model, prompts: Sequence[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0, interventions: Interventions | None = None,
+             batch_size: int = 16, progress: bool = False) -> Generation:
+    """Generates continuations of prompt texts (already formatted) with a KV cache, `batch_size` at a time.
+
+    Greedy when `temperature == 0`. `interventions`: `[L, N]` for every prompt or `[len(prompts), L, N]`.
+    """
+    if max_new_tokens < 1:
+        raise JaxheadsError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    prompts = list(prompts)
+    per_prompt = interventions is not None and jnp.ndim(interventions.q_scale) == 3
+    if per_prompt and interventions.q_scale.shape[0] != len(prompts):
+        raise JaxheadsError(f"{interventions.q_scale.shape[0]} interventions for {len(prompts)} prompts")
+    sampling = Sampling(float(temperature), int(top_k), float(top_p))
+    graphdef, state = nnx.split(model.module)
+    stop_ids, pad = eos_ids(model), pad_id(model.tokenizer)
+    texts, tokens = [], []
+    starts = range(0, len(prompts), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="generate", unit="batch")
+    for start in starts:
+        chunk = prompts[start:start + batch_size]
+        filler = batch_size - len(chunk) if len(prompts) > batch_size else 0
+        ids, mask = encode_prompts(model.tokenizer, chunk + chunk[:1] * filler)
+        heads = interventions
+        if per_prompt:
+            rows = np.r_[np.arange(start, start + len(chunk)), np.full(filler, start)]
+            heads = jax.tree.map(lambda a: jnp.asarray(a)[rows], interventions)
+        rng = jax.random.fold_in(jax.random.key(seed), start)
+        out = np.asarray(generate_ids(graphdef, state, ids, mask, heads, rng, max_new_tokens=max_new_tokens,
+                                      sampling=sampling, eos_ids=stop_ids, pad=pad))
+        for row in out[:len(chunk)]:
+            kept = strip_after_eos(row, stop_ids)
+            tokens.append(kept)
+            texts.append(model.tokenizer.decode(kept, skip_special_tokens=True))
+    return Generation(texts=texts, tokens=tokens)

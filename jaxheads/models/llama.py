@@ -1,0 +1,278 @@
+"""Llama-family decoder in Flax NNX: Llama 2/3.x, Mistral, Qwen2/2.5, SmolLM2, TinyLlama.
+
+Heads are an explicit axis of every attention weight (`q: [L, D, N, d]`, `o: [L, N, d, D]`), so per-head
+interventions (DESIGN.md §1) act on `[B, T, N, d]` arrays before `o_proj`, and all L layers are stacked on a
+leading axis so the decoder runs as one `lax.scan` (or a loop from any layer on, for prefix-reusing scans).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxheads.interventions import Interventions
+from jaxheads.models.config import ModelConfig
+
+# Hugging Face parameter name -> (jaxheads parameter, layout change). `{i}` is the layer index; layer
+# parameters are stacked on a leading L axis. Shapes: D hidden, N/K query/KV heads, d head size, F MLP size.
+HF_WEIGHT_MAP = {
+    "model.embed_tokens.weight": ("embed", "none"),  # [V, D]
+    "model.norm.weight": ("final_norm", "none"),  # [D]
+    "lm_head.weight": ("lm_head", "none"),  # [V, D]
+    "model.layers.{i}.input_layernorm.weight": ("attn_norm", "none"),  # [D]
+    "model.layers.{i}.self_attn.q_proj.weight": ("q", "in_heads"),  # [N*d, D] -> [D, N, d]
+    "model.layers.{i}.self_attn.k_proj.weight": ("k", "in_heads"),  # [K*d, D] -> [D, K, d]
+    "model.layers.{i}.self_attn.v_proj.weight": ("v", "in_heads"),  # [K*d, D] -> [D, K, d]
+    "model.layers.{i}.self_attn.o_proj.weight": ("o", "out_heads"),  # [D, N*d] -> [N, d, D]
+    "model.layers.{i}.self_attn.q_proj.bias": ("q_bias", "heads"),  # [N*d] -> [N, d]
+    "model.layers.{i}.self_attn.k_proj.bias": ("k_bias", "heads"),  # [K*d] -> [K, d]
+    "model.layers.{i}.self_attn.v_proj.bias": ("v_bias", "heads"),  # [K*d] -> [K, d]
+    "model.layers.{i}.self_attn.o_proj.bias": ("o_bias", "none"),  # [D]
+    "model.layers.{i}.post_attention_layernorm.weight": ("mlp_norm", "none"),  # [D]
+    "model.layers.{i}.mlp.gate_proj.weight": ("gate", "transpose"),  # [F, D] -> [D, F]
+    "model.layers.{i}.mlp.up_proj.weight": ("up", "transpose"),  # [F, D] -> [D, F]
+    "model.layers.{i}.mlp.down_proj.weight": ("down", "transpose"),  # [D, F] -> [F, D]
+    "model.layers.{i}.mlp.gate_proj.bias": ("gate_bias", "none"),
+    "model.layers.{i}.mlp.up_proj.bias": ("up_bias", "none"),
+    "model.layers.{i}.mlp.down_proj.bias": ("down_bias", "none"),
+}
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of every jaxheads parameter this config has (layer parameters with their leading L)."""
+    L, D, N, K, d, F, V = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                           cfg.intermediate_size, cfg.vocab_size)
+    shapes = {
+        "embed": (V, D), "final_norm": (D,),
+        "attn_norm": (L, D), "q": (L, D, N, d), "k": (L, D, K, d), "v": (L, D, K, d), "o": (L, N, d, D),
+        "mlp_norm": (L, D), "gate": (L, D, F), "up": (L, D, F), "down": (L, F, D),
+    }
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = (V, D)
+    if cfg.qkv_bias:
+        shapes.update(q_bias=(L, N, d), k_bias=(L, K, d), v_bias=(L, K, d))
+    if cfg.o_bias:
+        shapes["o_bias"] = (L, D)
+    if cfg.mlp_bias:
+        shapes.update(gate_bias=(L, F), up_bias=(L, F), down_bias=(L, D))
+    return shapes
+
+
+GLOBAL_PARAMS = ("embed", "final_norm", "lm_head")
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, `[L, B, S, K, d]`, for S = prompt + generated positions."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm computed in float32, cast back to x's dtype before the weight (as `transformers` does)."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight * normed.astype(x.dtype)
+
+
+def rope_tables(cfg: ModelConfig, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos and sin tables `[B, T, d]` for integer positions `[B, T]`."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(cfg.inv_freq())
+    angles = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates `[B, T, heads, d]` by the half-split RoPE convention of `transformers` (rotate_half)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+def make_mask(query_index: jax.Array, key_valid: jax.Array, sliding_window: int | None) -> jax.Array:
+    """Boolean `[B, T, S]`: query at sequence index `query_index[t]` may attend key slot s.
+
+    Causal (s <= index), key slot valid (`key_valid: [B, S]`, False for padding and unwritten cache), and,
+    with a sliding window W, index - s < W.
+    """
+    key_index = jnp.arange(key_valid.shape[-1])
+    allowed = key_index[None, :] <= query_index[:, None]
+    if sliding_window is not None:
+        allowed &= query_index[:, None] - key_index[None, :] < sliding_window
+    return allowed[None] & key_valid[:, None, :]
+
+
+def _per_head(scale: jax.Array) -> jax.Array:
+    """Broadcasts a per-head scale `[N]` or per-example `[B, N]` against `[B, T, N, d]`."""
+    if scale.ndim == 1:
+        return scale[None, None, :, None]
+    return scale[:, None, :, None]
+
+
+def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                  heads: Interventions | None, cache: tuple[jax.Array, jax.Array] | None = None,
+                  cache_index: jax.Array | int = 0) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """One decoder layer on `h: [B, T, D]` with this layer's parameters `p` (no leading L axis).
+
+    `heads` holds this layer's intervention scales (`[N]` or `[B, N]` each). With a `cache` (`k, v: [B, S, K, d]`),
+    this step's keys/values are written at `cache_index` and attention runs over all S slots (`mask: [B, T, S]`).
+    Returns the new hidden state and the updated cache.
+    """
+    B, T, _ = h.shape
+    K, G, d = cfg.num_kv_heads, cfg.group_size, cfg.head_dim
+    x = rms_norm(h, p["attn_norm"], cfg.rms_norm_eps)
+    q = jnp.einsum("btD,Dnd->btnd", x, p["q"])
+    k = jnp.einsum("btD,Dkd->btkd", x, p["k"])
+    v = jnp.einsum("btD,Dkd->btkd", x, p["v"])
+    if cfg.qkv_bias:
+        q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+    if heads is not None:
+        q = q * _per_head(heads.q_scale).astype(q.dtype)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cache is not None:
+        k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
+        cache, k, v = (k_cache, v_cache), k_cache, v_cache
+    q = q.reshape(B, T, K, G, d)  # query head n = k * G + g belongs to KV group k (HF repeat_kv order)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * (d ** -0.5)
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, K * G, d)
+    if heads is not None:
+        if heads.mean_mix is not None:
+            mix = _per_head(heads.mean_mix).astype(out.dtype)
+            out = out * (1 - mix) + out.mean(axis=2, keepdims=True) * mix
+        out = out * _per_head(heads.out_scale).astype(out.dtype)
+    attn = jnp.einsum("btnd,ndD->btD", out, p["o"])
+    if cfg.o_bias:
+        attn = attn + p["o_bias"]
+    h = h + attn
+    x = rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps)
+    gate = jnp.einsum("btD,DF->btF", x, p["gate"])
+    up = jnp.einsum("btD,DF->btF", x, p["up"])
+    if cfg.mlp_bias:
+        gate, up = gate + p["gate_bias"], up + p["up_bias"]
+    mlp = jnp.einsum("btF,FD->btD", jax.nn.silu(gate) * up, p["down"])
+    if cfg.mlp_bias:
+        mlp = mlp + p["down_bias"]
+    return h + mlp, cache
+
+
+def _layer_axis_first(heads: Interventions | None) -> Interventions | None:
+    """Moves the L axis of `[L, N]` or per-example `[B, L, N]` interventions to the front for the layer loop."""
+    if heads is None:
+        return None
+    return jax.tree.map(lambda a: jnp.moveaxis(jnp.asarray(a), -2, 0), heads)
+
+
+class Llama(nnx.Module):
+    """A Llama-family causal LM; every parameter is an `nnx.Param` named as in `param_shapes`."""
+
+    def __init__(self, config: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        init = nnx.initializers.normal(0.02)
+        for name, shape in param_shapes(config).items():
+            value = jnp.ones(shape, dtype) if name.endswith("norm") else init(rngs.params(), shape, dtype)
+            setattr(self, name, nnx.Param(value))
+
+    def layer_params(self) -> dict[str, jax.Array]:
+        """The stacked `[L, ...]` decoder-layer parameters as a dict of arrays."""
+        return {name: getattr(self, name)[...] for name in param_shapes(self.config) if name not in GLOBAL_PARAMS}
+
+    def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
+        """Token embeddings `[B, T, D]`."""
+        return jnp.take(self.embed[...], input_ids, axis=0)
+
+    def run_layers(self, h: jax.Array, positions: jax.Array, mask: jax.Array, heads: Interventions | None = None,
+                   start: int | jax.Array = 0, cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+                   collect: bool = False):
+        """Runs decoder layers `start..L-1` on `h: [B, T, D]`.
+
+        `start` may be a traced scalar (then the layers run in a `fori_loop`, for scans that reuse a prefix).
+        Returns `(h, cache)`, or `(h, cache, inputs)` with `collect=True`, where `inputs: [L, B, T, D]` are
+        the inputs of every layer (only with a static `start` of 0).
+        """
+        cfg = self.config
+        cos, sin = rope_tables(cfg, positions, h.dtype)
+        params = self.layer_params()
+        heads = _layer_axis_first(heads)
+
+        def body(carry, xs):
+            p, layer_heads, layer_cache = xs
+            h_in = carry
+            h_out, new_cache = decoder_layer(cfg, p, h_in, cos, sin, mask, layer_heads, layer_cache, cache_index)
+            return h_out, (new_cache, h_in if collect else None)
+
+        if isinstance(start, int) and start == 0:
+            layer_cache = None if cache is None else (cache.k, cache.v)
+            h, (new_cache, inputs) = jax.lax.scan(body, h, (params, heads, layer_cache))
+            new_cache = None if cache is None else KVCache(*new_cache)
+            return (h, new_cache, inputs) if collect else (h, new_cache)
+        if cache is not None or collect:
+            raise ValueError("a cache or collected inputs need start=0")
+
+        def loop_body(layer, h):
+            take = lambda a: jax.lax.dynamic_index_in_dim(a, layer, keepdims=False)
+            return body(h, (jax.tree.map(take, params), jax.tree.map(take, heads), None))[0]
+
+        return jax.lax.fori_loop(start, cfg.num_layers, loop_body, h), None
+
+    def final_hidden(self, h: jax.Array) -> jax.Array:
+        """The final-norm output (input of the LM head) `[..., D]`."""
+        return rms_norm(h, self.final_norm[...], self.config.rms_norm_eps)
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """float32 logits `[..., V]` from final hidden states (after the final norm)."""
+        head = self.embed[...] if self.config.tie_word_embeddings else self.lm_head[...]
+        return jnp.einsum("...D,VD->...V", h, head).astype(jnp.float32)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                 heads: Interventions | None = None) -> jax.Array:
+        """float32 logits `[B, T, V]` for (left-padded) `input_ids: [B, T]` with interventions `heads`."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, bool)
+        attention_mask = attention_mask.astype(bool)
+        positions = positions_from_mask(attention_mask)
+        mask = attention_mask_for_prompt(self.config, attention_mask)
+        h, _ = self.run_layers(self.embed_tokens(input_ids), positions, mask, heads)
+        return self.logits(self.final_hidden(h))
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+    """RoPE positions `[B, T]` of left-padded tokens: 0 at each sequence's first real token."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def attention_mask_for_prompt(cfg: ModelConfig, attention_mask: jax.Array) -> jax.Array:
+    """The `[B, T, T]` attention mask of a whole (left-padded) prompt with no cache."""
+    return make_mask(jnp.arange(attention_mask.shape[-1]), attention_mask.astype(bool), cfg.sliding_window)
+
+
+def to_param(name: str, layout: str, array: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """Converts one Hugging Face tensor (torch layout) to the jaxheads layout of parameter `name`."""
+    if layout == "transpose":
+        return array.T
+    if layout == "in_heads":
+        return array.T.reshape(cfg.hidden_size, -1, cfg.head_dim)
+    if layout == "out_heads":
+        return array.T.reshape(-1, cfg.head_dim, cfg.hidden_size)
+    if layout == "heads":
+        return array.reshape(-1, cfg.head_dim)
+    return array
+
+
+def from_param(name: str, layout: str, array: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """Inverse of `to_param`: a jaxheads parameter (one layer) back to the Hugging Face layout."""
+    if layout == "transpose":
+        return array.T
+    if layout == "in_heads":
+        return array.reshape(cfg.hidden_size, -1).T
+    if layout == "out_heads":
+        return array.reshape(-1, cfg.hidden_size).T
+    if layout == "heads":
+        return array.reshape(-1)
+    return array

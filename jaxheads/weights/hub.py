@@ -1,0 +1,24 @@
+"""Resolves a Hugging Face hub id to a local checkpoint directory (needs a network and `huggingface_hub`)."""
+
+from __future__ import annotations
+
+import pathlib
+
+from jaxheads.errors import LoadError
+
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
+
+
+def download(repo_id: str, revision: str | None = None) -> pathlib.Path:
+    """Downloads (or finds in the local cache) the config, safetensors weights and tokenizer of `repo_id`."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as error:
+        raise LoadError("loading a hub id needs huggingface_hub: pip install huggingface_hub") from error
+    try:
+        return pathlib.Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES))
+    except Exception as error:  # the hub client raises many kinds (offline, 404, gated, bad id)
+        raise LoadError(
+            f"could not get {repo_id!r} from the Hugging Face hub ({type(error).__name__}: {error}). "
+            "Check the id and the network, or pass a local directory or .gguf file instead."
+        ) from error
