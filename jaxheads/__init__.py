@@ -14,7 +14,8 @@ import numpy as np
 from flax import nnx
 
 from jaxheads.errors import DataError, JaxheadsError, LoadError
-from jaxheads.generate import Generation, Sampling, encode_prompts, generate_ids, pad_id, strip_after_eos
+from jaxheads.generate import (PAD_MULTIPLE, Generation, Sampling, encode_prompts, generate_ids, pad_id, pad_left,
+                               strip_after_eos)
 from jaxheads.interventions import Interventions, ablate, identity, single_heads
 from jaxheads.loading import Model, load
 
@@ -52,12 +53,12 @@ def eos_ids(model: Model) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def generate(model: Model, prompts: Sequence[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+def generate(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]], *, max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, interventions: Interventions | None = None,
              batch_size: int = 16, progress: bool = False) -> Generation:
-    """Generates continuations of prompt texts (already formatted) with a KV cache, `batch_size` at a time.
+    """Generates continuations of prompts with a KV cache, `batch_size` prompts at a time.
 
-    Greedy when `temperature == 0`. `interventions`: `[L, N]` for every prompt or `[len(prompts), L, N]`.
+    `prompts`: texts (already formatted; tokenized here) or lists of token ids. Greedy when `temperature == 0`. `interventions`: `[L, N]` for every prompt or `[len(prompts), L, N]`.
     """
     if max_new_tokens < 1:
         raise JaxheadsError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -77,7 +78,11 @@ def generate(model: Model, prompts: Sequence[str], *, max_new_tokens: int = 64, 
     for start in starts:
         chunk = prompts[start:start + batch_size]
         filler = batch_size - len(chunk) if len(prompts) > batch_size else 0
-        ids, mask = encode_prompts(model.tokenizer, chunk + chunk[:1] * filler)
+        chunk = chunk + chunk[:1] * filler
+        if isinstance(chunk[0], str):
+            ids, mask = encode_prompts(model.tokenizer, chunk)
+        else:
+            ids, mask = pad_left(chunk, pad, PAD_MULTIPLE)
         heads = interventions
         if per_prompt:
             rows = np.r_[np.arange(start, start + len(chunk)), np.full(filler, start)]
@@ -85,8 +90,8 @@ def generate(model: Model, prompts: Sequence[str], *, max_new_tokens: int = 64, 
         rng = jax.random.fold_in(jax.random.key(seed), start)
         out = np.asarray(generate_ids(graphdef, state, ids, mask, heads, rng, max_new_tokens=max_new_tokens,
                                       sampling=sampling, eos_ids=stop_ids, pad=pad))
-        for row in out[:len(chunk)]:
+        for row in out[:len(chunk) - filler]:
             kept = strip_after_eos(row, stop_ids)
             tokens.append(kept)
-            texts.append(model.tokenizer.decode(kept, skip_special_tokens=True))
+            texts.append(model.tokenizer.decode(kept, skip_special_tokens=True) if model.tokenizer else "")
     return Generation(texts=texts, tokens=tokens)

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-            max_position_embeddings=256, rms_norm_eps=1e-5)
+            max_position_embeddings=256, rms_norm_eps=1e-5, initializer_range=0.2)
 
 TINY_CONFIGS = {
     "llama_mha": lambda: transformers.LlamaConfig(**TINY, num_key_value_heads=4, tie_word_embeddings=False),
