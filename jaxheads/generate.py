@@ -108,7 +108,7 @@ def generate_ids(graphdef, state, input_ids, prompt_mask, heads: Interventions |
     key_valid = jnp.concatenate([prompt_mask, jnp.zeros((B, max_new_tokens), bool)], axis=1)
     positions = positions_from_mask(prompt_mask)
     mask = make_mask(jnp.arange(T), key_valid, cfg.sliding_window)
-    h, cache = model.run_layers(model.embed_tokens(input_ids), positions, mask, heads, cache=cache)
+    h, cache = model.run_layers(model.embed_tokens(input_ids), positions, mask, heads, cache=cache)[:2]
     logits = model.logits(model.final_hidden(h[:, -1]))
     rng, step_rng = jax.random.split(rng)
     token = sample_next(logits, step_rng, sampling)
@@ -128,7 +128,7 @@ def generate_ids(graphdef, state, input_ids, prompt_mask, heads: Interventions |
         step_mask = make_mask(slot[None], key_valid, cfg.sliding_window)
         position = (next_position + step - 1)[:, None]
         h, cache = model.run_layers(model.embed_tokens(token[:, None]), position, step_mask, heads, cache=cache,
-                                    cache_index=slot)
+                                    cache_index=slot)[:2]
         logits = model.logits(model.final_hidden(h[:, -1]))
         rng, step_rng = jax.random.split(rng)
         new_token = jnp.where(done, pad, sample_next(logits, step_rng, sampling))

@@ -120,7 +120,7 @@ def test_zero_query_scale_is_uniform_in_jaxheads(tiny_checkpoint):
     ids = jnp.asarray(_inputs()[0][:1])
     mask = jnp.ones(ids.shape, bool)
     positions, attn_mask = positions_from_mask(mask), attention_mask_for_prompt(cfg, mask)
-    _, _, inputs = module.run_layers(module.embed_tokens(ids), positions, attn_mask, collect=True)
+    inputs = module.run_layers(module.embed_tokens(ids), positions, attn_mask, collect_inputs=True).inputs
     h = inputs[layer]
     p = {name: value[layer] for name, value in module.layer_params().items()}
     p["down"] = jnp.zeros_like(p["down"])  # no MLP: decoder_layer returns h + attention output
@@ -168,9 +168,10 @@ def test_run_layers_from_any_layer_matches_full_pass(tiny_checkpoint):
     from jaxheads.models.llama import attention_mask_for_prompt, positions_from_mask
 
     positions, attn_mask = positions_from_mask(mask), attention_mask_for_prompt(cfg, mask)
-    full, _, inputs = module.run_layers(module.embed_tokens(ids), positions, attn_mask, collect=True)
+    outputs = module.run_layers(module.embed_tokens(ids), positions, attn_mask, collect_inputs=True)
+    full, inputs = outputs.h, outputs.inputs
     for layer in range(cfg.num_layers):
-        rest, _ = module.run_layers(inputs[layer], positions, attn_mask, start=jnp.int32(layer))
+        rest = module.run_layers(inputs[layer], positions, attn_mask, start=jnp.int32(layer)).h
         np.testing.assert_allclose(np.asarray(rest), np.asarray(full), atol=1e-5)
 
 

@@ -72,6 +72,16 @@ class KVCache(NamedTuple):
     v: jax.Array
 
 
+class LayerOutputs(NamedTuple):
+    """What `run_layers` returns: the last hidden state `[B, T, D]`, the updated cache, and on request the
+    inputs of every layer `[L, B, T, D]` and the attention onto the sink slot `[L, B, N, T]` (float32)."""
+
+    h: jax.Array
+    cache: KVCache | None = None
+    inputs: jax.Array | None = None
+    sink: jax.Array | None = None
+
+
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     """RMSNorm computed in float32, cast back to x's dtype before the weight (as `transformers` does)."""
     x32 = x.astype(jnp.float32)
@@ -115,12 +125,14 @@ def _per_head(scale: jax.Array) -> jax.Array:
 
 def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
                   heads: Interventions | None, cache: tuple[jax.Array, jax.Array] | None = None,
-                  cache_index: jax.Array | int = 0) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+                  cache_index: jax.Array | int = 0, sink_index: jax.Array | None = None):
     """One decoder layer on `h: [B, T, D]` with this layer's parameters `p` (no leading L axis).
 
     `heads` holds this layer's intervention scales (`[N]` or `[B, N]` each). With a `cache` (`k, v: [B, S, K, d]`),
     this step's keys/values are written at `cache_index` and attention runs over all S slots (`mask: [B, T, S]`).
-    Returns the new hidden state and the updated cache.
+    With `sink_index: [B]` (each row's sink key slot), also returns the float32 attention of every head and
+    query onto that slot, `[B, N, T]` (only this column is kept, never the `[T, S]` maps).
+    Returns `(h, cache, sink)`: the new hidden state, the updated cache (or None), the sink column (or None).
     """
     B, T, _ = h.shape
     K, G, d = cfg.num_kv_heads, cfg.group_size, cfg.head_dim
@@ -140,7 +152,11 @@ def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: 
     q = q.reshape(B, T, K, G, d)  # query head n = k * G + g belongs to KV group k (HF repeat_kv order)
     logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * (d ** -0.5)
     logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = jax.nn.softmax(logits, axis=-1)
+    sink = None
+    if sink_index is not None:
+        sink = jnp.take_along_axis(probs, sink_index[:, None, None, None, None], axis=-1)[..., 0].reshape(B, K * G, T)
+    probs = probs.astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, K * G, d)
     if heads is not None:
         if heads.mean_mix is not None:
@@ -159,7 +175,7 @@ def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: 
     mlp = jnp.einsum("btF,FD->btD", jax.nn.silu(gate) * up, p["down"])
     if cfg.mlp_bias:
         mlp = mlp + p["down_bias"]
-    return h + mlp, cache
+    return h + mlp, cache, sink
 
 
 def _layer_axis_first(heads: Interventions | None) -> Interventions | None:
@@ -189,12 +205,12 @@ class Llama(nnx.Module):
 
     def run_layers(self, h: jax.Array, positions: jax.Array, mask: jax.Array, heads: Interventions | None = None,
                    start: int | jax.Array = 0, cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-                   collect: bool = False):
+                   collect_inputs: bool = False, sink_index: jax.Array | None = None) -> LayerOutputs:
         """Runs decoder layers `start..L-1` on `h: [B, T, D]`.
 
         `start` may be a traced scalar (then the layers run in a `fori_loop`, for scans that reuse a prefix).
-        Returns `(h, cache)`, or `(h, cache, inputs)` with `collect=True`, where `inputs: [L, B, T, D]` are
-        the inputs of every layer (only with a static `start` of 0).
+        With a static `start` of 0 this can also return the inputs of every layer (`collect_inputs`) and the
+        attention onto each row's sink slot (`sink_index: [B]`), stacked over layers.
         """
         cfg = self.config
         cos, sin = rope_tables(cfg, positions, h.dtype)
@@ -204,22 +220,22 @@ class Llama(nnx.Module):
         def body(carry, xs):
             p, layer_heads, layer_cache = xs
             h_in = carry
-            h_out, new_cache = decoder_layer(cfg, p, h_in, cos, sin, mask, layer_heads, layer_cache, cache_index)
-            return h_out, (new_cache, h_in if collect else None)
+            h_out, new_cache, sink = decoder_layer(cfg, p, h_in, cos, sin, mask, layer_heads, layer_cache,
+                                                   cache_index, sink_index)
+            return h_out, (new_cache, h_in if collect_inputs else None, sink)
 
         if isinstance(start, int) and start == 0:
             layer_cache = None if cache is None else (cache.k, cache.v)
-            h, (new_cache, inputs) = jax.lax.scan(body, h, (params, heads, layer_cache))
-            new_cache = None if cache is None else KVCache(*new_cache)
-            return (h, new_cache, inputs) if collect else (h, new_cache)
-        if cache is not None or collect:
-            raise ValueError("a cache or collected inputs need start=0")
+            h, (new_cache, inputs, sink) = jax.lax.scan(body, h, (params, heads, layer_cache))
+            return LayerOutputs(h, None if cache is None else KVCache(*new_cache), inputs, sink)
+        if cache is not None or collect_inputs or sink_index is not None:
+            raise ValueError("a cache, collected inputs or sink attention need start=0")
 
         def loop_body(layer, h):
             take = lambda a: jax.lax.dynamic_index_in_dim(a, layer, keepdims=False)
             return body(h, (jax.tree.map(take, params), jax.tree.map(take, heads), None))[0]
 
-        return jax.lax.fori_loop(start, cfg.num_layers, loop_body, h), None
+        return LayerOutputs(jax.lax.fori_loop(start, cfg.num_layers, loop_body, h))
 
     def final_hidden(self, h: jax.Array) -> jax.Array:
         """The final-norm output (input of the LM head) `[..., D]`."""
@@ -238,7 +254,7 @@ class Llama(nnx.Module):
         attention_mask = attention_mask.astype(bool)
         positions = positions_from_mask(attention_mask)
         mask = attention_mask_for_prompt(self.config, attention_mask)
-        h, _ = self.run_layers(self.embed_tokens(input_ids), positions, mask, heads)
+        h = self.run_layers(self.embed_tokens(input_ids), positions, mask, heads).h
         return self.logits(self.final_hidden(h))
 
 
