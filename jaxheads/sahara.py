@@ -1,0 +1,71 @@
+"""Sahara: greedy forward selection of the head group whose joint ablation most changes the dataset-level
+representation (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxheads.interventions import DEFAULT_EPSILON, Head, ablation_mask, from_mask
+from jaxheads.loading import Model
+from jaxheads.scan import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK, make_batches, scan_ablations
+from jaxheads.ships import principal_angle_degrees
+
+
+@dataclasses.dataclass
+class SaharaStep:
+    """One greedy step: the score `[L, N]` of adding each head to the group (NaN for heads already in it)."""
+
+    scores: np.ndarray
+    chosen: Head
+
+
+@dataclasses.dataclass
+class SaharaResult:
+    heads: list[Head]
+    steps: list[SaharaStep]
+    seconds: float
+
+
+def candidate_masks(group: Sequence[Head], num_layers: int, num_heads: int) -> tuple[np.ndarray, list[Head]]:
+    """Masks `[M, L, N]` ablating `group ∪ {h}` for every head h outside the group, and those heads."""
+    base = ablation_mask(group, num_layers, num_heads)
+    candidates = [(l, n) for l in range(num_layers) for n in range(num_heads) if not base[l, n]]
+    masks = np.repeat(base[None], len(candidates), axis=0)
+    for i, (l, n) in enumerate(candidates):
+        masks[i, l, n] = True
+    return masks, candidates
+
+
+def sahara(model: Model, prompts: Sequence, steps: int = 3, rank: int = 1, kind: str = "ua",
+           epsilon: float = DEFAULT_EPSILON, batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = DEFAULT_CHUNK,
+           done_steps: Sequence[SaharaStep] = (), on_step: Callable[[SaharaStep], None] | None = None,
+           progress: bool = False) -> SaharaResult:
+    """Greedy search for `steps` heads. Each step scores every head h outside the chosen group G by the
+    dataset-level score of ablating G ∪ {h} against the unablated model, and adds the best.
+
+    `done_steps` resumes an interrupted search; `on_step` is called after each new step (e.g. to save it).
+    """
+    cfg = model.config
+    if not 1 <= steps <= cfg.num_layers * cfg.num_heads:
+        raise ValueError(f"steps must be in 1..{cfg.num_layers * cfg.num_heads}, got {steps}")
+    started = time.perf_counter()
+    batches = make_batches(model, prompts, batch_size)
+    result = list(done_steps)
+    while len(result) < steps:
+        group = [step.chosen for step in result]
+        masks, candidates = candidate_masks(group, cfg.num_layers, cfg.num_heads)
+        scan = scan_ablations(model, batches, from_mask(masks, kind, epsilon), chunk_size, keep_hidden=True,
+                              progress=progress)
+        scores = principal_angle_degrees(scan.base_hidden, scan.hidden, rank)
+        table = np.full((cfg.num_layers, cfg.num_heads), np.nan)
+        for (l, n), score in zip(candidates, scores):
+            table[l, n] = score
+        step = SaharaStep(table, candidates[int(np.argmax(scores))])
+        result.append(step)
+        if on_step is not None:
+            on_step(step)
+    return SaharaResult([step.chosen for step in result], result, time.perf_counter() - started)

@@ -1,0 +1,183 @@
+"""The batched ablation engine behind Ships and Sahara.
+
+For each batch of prompts, one unablated pass keeps the input of every layer; an ablation whose first ablated
+layer is l then runs only layers l..L-1 from that saved input (layers before l are unchanged by it). Ablations
+are vmapped in chunks that share their first layer, and only the last prompt position is read out: the
+next-token log-probabilities (for KL) and the final-norm hidden state (for dataset-level scores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxheads.errors import DataError
+from jaxheads.generate import PAD_MULTIPLE, encode_prompts, pad_id, pad_left
+from jaxheads.interventions import Interventions
+from jaxheads.loading import Model
+from jaxheads.models.llama import attention_mask_for_prompt, positions_from_mask
+
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_CHUNK = 16
+
+
+@dataclasses.dataclass
+class PromptBatch:
+    """Left-padded token ids and mask `[B, T]`; `indices[b]` is the prompt's position in the input list, or -1
+    for a filler row (a copy of row 0 that keeps every batch the same size)."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    indices: np.ndarray
+
+
+def make_batches(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]],
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> list[PromptBatch]:
+    """Tokenizes formatted prompts (or takes token id lists) and groups them by length into batches of
+    `batch_size` (the last one filled). Prompts longer than the model's context are rejected by name."""
+    if not prompts:
+        raise DataError("no prompts to scan")
+    ids = [encode_prompts(model.tokenizer, [text], pad_to_multiple=1)[0][0] if isinstance(text, str) else list(text)
+           for text in prompts]
+    too_long = [i for i, row in enumerate(ids) if len(row) > model.config.max_position_embeddings]
+    if too_long:
+        raise DataError(f"prompts {too_long[:10]} are longer than the model's context of "
+                        f"{model.config.max_position_embeddings} tokens; shorten or drop them")
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        members = order[start:start + batch_size]
+        rows = members + [members[0]] * (batch_size - len(members)) if len(order) > batch_size else members
+        batch_ids, batch_mask = pad_left([ids[i] for i in rows], pad_id(model.tokenizer), PAD_MULTIPLE)
+        indices = np.array(members + [-1] * (len(rows) - len(members)))
+        batches.append(PromptBatch(batch_ids, batch_mask, indices))
+    return batches
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def base_pass(graphdef, state, ids, mask):
+    """Unablated pass: every layer's input `[L, B, T, D]`, last-position log-probs `[B, V]` and final-norm
+    hidden state `[B, D]` (float32)."""
+    model = nnx.merge(graphdef, state)
+    out = model.run_layers(model.embed_tokens(ids), positions_from_mask(mask),
+                           attention_mask_for_prompt(model.config, mask), collect_inputs=True)
+    last = model.final_hidden(out.h[:, -1])
+    return out.inputs, jax.nn.log_softmax(model.logits(last), axis=-1), last.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def ablated_pass(graphdef, state, layer_inputs, mask, start, heads: Interventions, base_logp):
+    """Runs a chunk of ablations `[C, L, N]` that leave layers < `start` untouched, from `layer_inputs[start]`.
+
+    Returns KL(p_base || p_ablated) at the last position `[C, B]` and the final-norm hidden states `[C, B, D]`,
+    both float32.
+    """
+    model = nnx.merge(graphdef, state)
+    positions = positions_from_mask(mask)
+    attn_mask = attention_mask_for_prompt(model.config, mask)
+    h0 = jax.lax.dynamic_index_in_dim(layer_inputs, start, keepdims=False)
+
+    def one(ablation):
+        h = model.run_layers(h0, positions, attn_mask, ablation, start=start).h
+        last = model.final_hidden(h[:, -1])
+        logp = jax.nn.log_softmax(model.logits(last), axis=-1)
+        kl = jnp.sum(jnp.exp(base_logp) * (base_logp - logp), axis=-1)
+        return kl, last.astype(jnp.float32)
+
+    return jax.vmap(one)(heads)
+
+
+def first_ablated_layer(ablations: Interventions) -> np.ndarray:
+    """For a batch `[M, L, N]`, the first layer each ablation changes (L if it changes nothing)."""
+    changed = np.asarray(ablations.q_scale) != 1
+    changed |= np.asarray(ablations.out_scale) != 1
+    if ablations.mean_mix is not None:
+        changed |= np.asarray(ablations.mean_mix) != 0
+    per_layer = changed.any(axis=-1)
+    num_layers = per_layer.shape[-1]
+    return np.where(per_layer.any(axis=-1), per_layer.argmax(axis=-1), num_layers)
+
+
+@dataclasses.dataclass
+class Chunk:
+    """Ablations `[C, L, N]` that share their first ablated layer `start`; `rows` are their indices in the
+    full list (a short chunk is filled with copies of its first row, whose results are dropped)."""
+
+    start: int
+    heads: Interventions
+    rows: np.ndarray
+
+
+def make_chunks(ablations: Interventions, chunk_size: int = DEFAULT_CHUNK) -> list[Chunk]:
+    """Groups a batch of ablations `[M, L, N]` by first ablated layer into chunks of `chunk_size`."""
+    starts = first_ablated_layer(ablations)
+    num_layers = ablations.q_scale.shape[-2]
+    if (starts == num_layers).any():
+        raise DataError(f"ablations {np.flatnonzero(starts == num_layers).tolist()} change no head")
+    chunks = []
+    for start in np.unique(starts):
+        members = np.flatnonzero(starts == start)
+        for offset in range(0, len(members), chunk_size):
+            rows = members[offset:offset + chunk_size]
+            padded = np.r_[rows, np.full(chunk_size - len(rows), rows[0])] if len(members) > chunk_size else rows
+            heads = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)[padded]), ablations)
+            chunks.append(Chunk(int(start), heads, rows))
+    return chunks
+
+
+@dataclasses.dataclass
+class ScanResult:
+    """Per ablation and prompt: KL `[M, P]` and final-norm last-position hidden states `[M, P, D]`
+    (None unless kept), with the unablated hidden states `[P, D]`."""
+
+    kl: np.ndarray
+    base_hidden: np.ndarray
+    hidden: np.ndarray | None
+
+
+def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Interventions,
+                   chunk_size: int = DEFAULT_CHUNK, keep_hidden: bool = False, progress: bool = False) -> ScanResult:
+    """Runs every ablation `[M, L, N]` on every prompt (exactly what one forward pass per ablation would give at
+    the last position), reusing each batch's unablated prefix."""
+    graphdef, state = nnx.split(model.module)
+    chunks = make_chunks(ablations, chunk_size)
+    num_prompts = sum(int((b.indices >= 0).sum()) for b in batches)
+    num_ablations = ablations.q_scale.shape[0]
+    kl = np.zeros((num_ablations, num_prompts), np.float32)
+    hidden = np.zeros((num_ablations, num_prompts, model.config.hidden_size), np.float32) if keep_hidden else None
+    base_hidden = np.zeros((num_prompts, model.config.hidden_size), np.float32)
+    for batch, outputs in _iterate(graphdef, state, batches, chunks, progress):
+        real = batch.indices >= 0
+        base, per_chunk = outputs
+        base_hidden[batch.indices[real]] = np.asarray(base)[real]
+        for chunk, (chunk_kl, chunk_hidden) in zip(chunks, per_chunk):
+            count = len(chunk.rows)
+            kl[np.ix_(chunk.rows, batch.indices[real])] = np.asarray(chunk_kl)[:count][:, real]
+            if keep_hidden:
+                hidden[np.ix_(chunk.rows, batch.indices[real])] = np.asarray(chunk_hidden)[:count][:, real]
+    return ScanResult(kl, base_hidden, hidden)
+
+
+def _iterate(graphdef, state, batches, chunks, progress) -> Iterator:
+    """Dispatches all of a batch's chunks before reading any result back, so the device never waits on the host."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(batches) * len(chunks), desc="ablations", unit="chunk")
+    for batch in batches:
+        mask = jnp.asarray(batch.mask)
+        inputs, base_logp, base_hidden = base_pass(graphdef, state, jnp.asarray(batch.ids), mask)
+        per_chunk = [ablated_pass(graphdef, state, inputs, mask, jnp.int32(chunk.start), chunk.heads, base_logp)
+                     for chunk in chunks]
+        yield batch, (base_hidden, per_chunk)
+        if bar is not None:
+            bar.update(len(chunks))
+    if bar is not None:
+        bar.close()

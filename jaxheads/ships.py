@@ -1,0 +1,58 @@
+"""Ships (Safety Head ImPortant Score), query level and dataset level (DESIGN.md §3–4)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from jaxheads.interventions import DEFAULT_EPSILON, Interventions, single_heads
+from jaxheads.loading import Model
+from jaxheads.scan import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK, make_batches, scan_ablations
+
+
+def query_level(model: Model, prompts: Sequence, kind: str = "ua", epsilon: float = DEFAULT_EPSILON,
+                batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = DEFAULT_CHUNK,
+                progress: bool = False) -> np.ndarray:
+    """Ships scores `[P, L, N]`: KL(p_base || p_ablated) of the first response token for every prompt and
+    every single-head ablation, float32."""
+    cfg = model.config
+    ablations = single_heads(cfg.num_layers, cfg.num_heads, kind, epsilon)
+    result = scan_ablations(model, make_batches(model, prompts, batch_size), ablations, chunk_size,
+                            progress=progress)
+    return result.kl.T.reshape(len(prompts), cfg.num_layers, cfg.num_heads)
+
+
+def top_left_singular_vectors(matrices: np.ndarray, rank: int) -> np.ndarray:
+    """The first `rank` left singular vectors `[..., P, r]` of representation matrices `[..., P, D]` (float64)."""
+    u, _, _ = np.linalg.svd(np.asarray(matrices, np.float64), full_matrices=False)
+    return u[..., :rank]
+
+
+def principal_angle_degrees(base: np.ndarray, ablated: np.ndarray, rank: int = 1) -> np.ndarray:
+    """Dataset-level Ships: Σ_{i≤r} arccos σ_i(U_baseᵀ U_abl) in degrees, for `base: [P, D]` and
+    `ablated: [M, P, D]`; returns `[M]`."""
+    if rank < 1 or rank > min(base.shape):
+        raise ValueError(f"rank must be in 1..{min(base.shape)} for {base.shape[0]} prompts, got {rank}")
+    u_base = top_left_singular_vectors(base, rank)
+    u_ablated = top_left_singular_vectors(ablated, rank)
+    cosines = np.linalg.svd(np.einsum("pr,mps->mrs", u_base, u_ablated), compute_uv=False)
+    return np.degrees(np.arccos(np.clip(cosines, 0.0, 1.0))).sum(axis=-1)
+
+
+def dataset_level_scores(model: Model, prompts: Sequence, ablations: Interventions, rank: int = 1,
+                         batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = DEFAULT_CHUNK,
+                         progress: bool = False) -> np.ndarray:
+    """Dataset-level score `[M]` (degrees) of each ablation `[M, L, N]` over the whole prompt set."""
+    result = scan_ablations(model, make_batches(model, prompts, batch_size), ablations, chunk_size,
+                            keep_hidden=True, progress=progress)
+    return principal_angle_degrees(result.base_hidden, result.hidden, rank)
+
+
+def dataset_level(model: Model, prompts: Sequence, kind: str = "ua", epsilon: float = DEFAULT_EPSILON,
+                  rank: int = 1, **scan_options) -> np.ndarray:
+    """Dataset-level Ships `[L, N]` of every single-head ablation."""
+    cfg = model.config
+    scores = dataset_level_scores(model, prompts, single_heads(cfg.num_layers, cfg.num_heads, kind, epsilon), rank,
+                                  **scan_options)
+    return scores.reshape(cfg.num_layers, cfg.num_heads)
