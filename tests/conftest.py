@@ -24,6 +24,8 @@ TINY_CONFIGS = {
     "mistral_sliding": lambda: transformers.MistralConfig(**TINY, num_key_value_heads=2, sliding_window=5,
                                                           tie_word_embeddings=False),
     "qwen2_bias": lambda: transformers.Qwen2Config(**TINY, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen3_qk_norm": lambda: transformers.Qwen3Config(**TINY, num_key_value_heads=2, head_dim=24,
+                                                      tie_word_embeddings=False),
 }
 
 

@@ -90,6 +90,31 @@ def test_intervention_matches_transformers_hook(tiny_checkpoint, kind):
     assert np.abs(ours - base)[mask].max() > 1e-3  # the ablation really changed something
 
 
+def test_query_scale_acts_after_qk_norm(tiny_checkpoint):
+    """Qwen3 normalises queries per head: q_scale must act on q_norm's output (a scale before it would be
+    normalised away), so ua equals a hook on q_norm, not on q_proj."""
+    hf_model, directory = tiny_checkpoint("qwen3_qk_norm")
+    model = jaxheads.load(directory)
+    cfg = model.config
+    ids, mask = _inputs()
+    layer, head, d = 1, 2, cfg.head_dim
+    heads = iv.ablate([(layer, head)], cfg.num_layers, cfg.num_heads, "ua", epsilon=0.0)
+    ours = np.asarray(jaxheads.forward(model, ids, mask, heads))
+
+    def zero_head(_, args, out):  # q_norm sees [B, T, N, d]
+        out = out.clone()
+        out[..., head, :] = 0
+        return out
+
+    handle = hf_model.model.layers[layer].self_attn.q_norm.register_forward_hook(zero_head)
+    try:
+        ref = hf_logits(hf_model, ids, mask)
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(ours[mask], ref[mask], atol=1e-4, rtol=0)
+    assert np.abs(ours - np.asarray(jaxheads.forward(model, ids, mask)))[mask].max() > 1e-3
+
+
 def test_zero_query_scale_gives_uniform_attention(tiny_checkpoint):
     """q_scale = 0: the head's attention weights (read from transformers' eager attention with the same
     intervention, which the previous test shows jaxheads matches) are exactly 1/(i+1) over the causal prefix."""
@@ -175,7 +200,7 @@ def test_run_layers_from_any_layer_matches_full_pass(tiny_checkpoint):
         np.testing.assert_allclose(np.asarray(rest), np.asarray(full), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["llama_gqa_llama3_rope_tied", "mistral_sliding", "qwen2_bias"])
+@pytest.mark.parametrize("name", ["llama_gqa_llama3_rope_tied", "mistral_sliding", "qwen2_bias", "qwen3_qk_norm"])
 def test_greedy_generation_matches_transformers(tiny_checkpoint, name):
     hf_model, directory = tiny_checkpoint(name)
     model = jaxheads.load(directory)

@@ -10,7 +10,7 @@ import numpy as np
 
 from jaxheads.errors import LoadError
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -41,6 +41,7 @@ class ModelConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False
     sliding_window: int | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -110,8 +111,8 @@ def config_from_hf(hf: Any) -> ModelConfig:
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
     attention_bias = bool(_get(hf, "attention_bias", False))
     sliding = _get(hf, "sliding_window") if model_type == "mistral" else None
-    if model_type == "qwen2" and _get(hf, "use_sliding_window", False):
-        raise LoadError("qwen2 with use_sliding_window=True is not supported")
+    if model_type in ("qwen2", "qwen3") and _get(hf, "use_sliding_window", False):
+        raise LoadError(f"{model_type} with use_sliding_window=True is not supported")
     if _get(hf, "hidden_act", "silu") != "silu":
         raise LoadError(f"unsupported hidden_act {_get(hf, 'hidden_act')!r}; the Llama family uses 'silu'")
     max_pos = _get(hf, "max_position_embeddings", 2048)
@@ -133,9 +134,10 @@ def config_from_hf(hf: Any) -> ModelConfig:
         rope_original_max_positions=int(rope.get("original_max_position_embeddings") or max_pos),
         max_position_embeddings=max_pos,
         tie_word_embeddings=bool(_get(hf, "tie_word_embeddings", False)),
-        qkv_bias=model_type == "qwen2" or (model_type == "llama" and attention_bias),
-        o_bias=model_type == "llama" and attention_bias,
+        qkv_bias=model_type == "qwen2" or (model_type in ("llama", "qwen3") and attention_bias),
+        o_bias=model_type in ("llama", "qwen3") and attention_bias,
         mlp_bias=model_type == "llama" and bool(_get(hf, "mlp_bias", False)),
+        qk_norm=model_type == "qwen3",
         sliding_window=sliding,
         bos_token_id=_get(hf, "bos_token_id"),
         eos_token_ids=eos_ids,

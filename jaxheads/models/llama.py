@@ -1,4 +1,4 @@
-"""Llama-family decoder in Flax NNX: Llama 2/3.x, Mistral, Qwen2/2.5, SmolLM2, TinyLlama.
+"""Llama-family decoder in Flax NNX: Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3 (QK-norm), SmolLM2, TinyLlama.
 
 Heads are an explicit axis of every attention weight (`q: [L, D, N, d]`, `o: [L, N, d, D]`), so per-head
 interventions (DESIGN.md §1) act on `[B, T, N, d]` arrays before `o_proj`, and all L layers are stacked on a
@@ -32,6 +32,8 @@ HF_WEIGHT_MAP = {
     "model.layers.{i}.self_attn.k_proj.bias": ("k_bias", "heads"),  # [K*d] -> [K, d]
     "model.layers.{i}.self_attn.v_proj.bias": ("v_bias", "heads"),  # [K*d] -> [K, d]
     "model.layers.{i}.self_attn.o_proj.bias": ("o_bias", "none"),  # [D]
+    "model.layers.{i}.self_attn.q_norm.weight": ("q_norm", "none"),  # [d] (Qwen3)
+    "model.layers.{i}.self_attn.k_norm.weight": ("k_norm", "none"),  # [d] (Qwen3)
     "model.layers.{i}.post_attention_layernorm.weight": ("mlp_norm", "none"),  # [D]
     "model.layers.{i}.mlp.gate_proj.weight": ("gate", "transpose"),  # [F, D] -> [D, F]
     "model.layers.{i}.mlp.up_proj.weight": ("up", "transpose"),  # [F, D] -> [D, F]
@@ -59,6 +61,8 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes["o_bias"] = (L, D)
     if cfg.mlp_bias:
         shapes.update(gate_bias=(L, F), up_bias=(L, F), down_bias=(L, D))
+    if cfg.qk_norm:
+        shapes.update(q_norm=(L, d), k_norm=(L, d))
     return shapes
 
 
@@ -142,7 +146,9 @@ def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: 
     v = jnp.einsum("btD,Dkd->btkd", x, p["v"])
     if cfg.qkv_bias:
         q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
-    if heads is not None:
+    if cfg.qk_norm:
+        q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+    if heads is not None:  # after any query norm, which would otherwise undo the scale
         q = q * _per_head(heads.q_scale).astype(q.dtype)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if cache is not None:
