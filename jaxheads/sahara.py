@@ -58,9 +58,9 @@ def sahara(model: Model, prompts: Sequence, steps: int = 3, rank: int = 1, kind:
     while len(result) < steps:
         group = [step.chosen for step in result]
         masks, candidates = candidate_masks(group, cfg.num_layers, cfg.num_heads)
-        scan = scan_ablations(model, batches, from_mask(masks, kind, epsilon), chunk_size, keep_hidden=True,
+        scan = scan_ablations(model, batches, from_mask(masks, kind, epsilon), chunk_size, keep_gram=True,
                               progress=progress)
-        scores = principal_angle_degrees(scan.base_hidden, scan.hidden, rank)
+        scores = principal_angle_degrees(scan.base_gram, scan.gram, rank)
         table = np.full((cfg.num_layers, cfg.num_heads), np.nan)
         for (l, n), score in zip(candidates, scores):
             table[l, n] = score

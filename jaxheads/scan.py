@@ -133,35 +133,48 @@ def make_chunks(ablations: Interventions, chunk_size: int = DEFAULT_CHUNK) -> li
 
 @dataclasses.dataclass
 class ScanResult:
-    """Per ablation and prompt: KL `[M, P]` and final-norm last-position hidden states `[M, P, D]`
-    (None unless kept), with the unablated hidden states `[P, D]`."""
+    """Per ablation and prompt: KL `[M, P]`; with `keep_gram`, the Gram matrices `M Mᵀ` (float64) of the
+    final-norm last-position representations `M: [P, D]`, unablated `[P, P]` and per ablation `[M, P, P]`."""
 
     kl: np.ndarray
-    base_hidden: np.ndarray
-    hidden: np.ndarray | None
+    base_gram: np.ndarray | None = None
+    gram: np.ndarray | None = None
 
 
 def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Interventions,
-                   chunk_size: int = DEFAULT_CHUNK, keep_hidden: bool = False, progress: bool = False) -> ScanResult:
+                   chunk_size: int = DEFAULT_CHUNK, keep_gram: bool = False, progress: bool = False) -> ScanResult:
     """Runs every ablation `[M, L, N]` on every prompt (exactly what one forward pass per ablation would give at
-    the last position), reusing each batch's unablated prefix."""
+    the last position), reusing each batch's unablated prefix. Representations stay on the device; only their
+    `[P, P]` Gram matrices come back."""
     graphdef, state = nnx.split(model.module)
     chunks = make_chunks(ablations, chunk_size)
     num_prompts = sum(int((b.indices >= 0).sum()) for b in batches)
     num_ablations = ablations.q_scale.shape[0]
     kl = np.zeros((num_ablations, num_prompts), np.float32)
-    hidden = np.zeros((num_ablations, num_prompts, model.config.hidden_size), np.float32) if keep_hidden else None
-    base_hidden = np.zeros((num_prompts, model.config.hidden_size), np.float32)
+    if keep_gram:
+        hidden = jnp.zeros((num_ablations, num_prompts, model.config.hidden_size), jnp.float32)
+        base_hidden = jnp.zeros((num_prompts, model.config.hidden_size), jnp.float32)
     for batch, outputs in _iterate(graphdef, state, batches, chunks, progress):
         real = batch.indices >= 0
+        columns = batch.indices[real]
         base, per_chunk = outputs
-        base_hidden[batch.indices[real]] = np.asarray(base)[real]
         for chunk, (chunk_kl, chunk_hidden) in zip(chunks, per_chunk):
             count = len(chunk.rows)
-            kl[np.ix_(chunk.rows, batch.indices[real])] = np.asarray(chunk_kl)[:count][:, real]
-            if keep_hidden:
-                hidden[np.ix_(chunk.rows, batch.indices[real])] = np.asarray(chunk_hidden)[:count][:, real]
-    return ScanResult(kl, base_hidden, hidden)
+            if keep_gram:
+                hidden = hidden.at[jnp.ix_(chunk.rows, columns)].set(chunk_hidden[:count][:, real])
+            kl[np.ix_(chunk.rows, columns)] = np.asarray(chunk_kl)[:count][:, real]
+        if keep_gram:
+            base_hidden = base_hidden.at[columns].set(base[real])
+    if not keep_gram:
+        return ScanResult(kl)
+    return ScanResult(kl, np.asarray(gram_matrices(base_hidden), np.float64),
+                      np.asarray(gram_matrices(hidden), np.float64))
+
+
+@jax.jit
+def gram_matrices(representations: jax.Array) -> jax.Array:
+    """`M Mᵀ` `[..., P, P]` of representation matrices `[..., P, D]`, float32 at full matmul precision."""
+    return jnp.einsum("...pd,...qd->...pq", representations, representations, precision=jax.lax.Precision.HIGHEST)
 
 
 def _iterate(graphdef, state, batches, chunks, progress) -> Iterator:

@@ -23,19 +23,22 @@ def query_level(model: Model, prompts: Sequence, kind: str = "ua", epsilon: floa
     return result.kl.T.reshape(len(prompts), cfg.num_layers, cfg.num_heads)
 
 
-def top_left_singular_vectors(matrices: np.ndarray, rank: int) -> np.ndarray:
-    """The first `rank` left singular vectors `[..., P, r]` of representation matrices `[..., P, D]` (float64)."""
-    u, _, _ = np.linalg.svd(np.asarray(matrices, np.float64), full_matrices=False)
-    return u[..., :rank]
+def top_left_singular_vectors(gram: np.ndarray, rank: int) -> np.ndarray:
+    """The first `rank` left singular vectors `[..., P, r]` of representation matrices `M: [..., P, D]`, from
+    their Gram matrices `M Mᵀ: [..., P, P]` (the eigenvectors of the largest eigenvalues), in float64."""
+    _, vectors = np.linalg.eigh(np.asarray(gram, np.float64))
+    return vectors[..., ::-1][..., :rank]
 
 
-def principal_angle_degrees(base: np.ndarray, ablated: np.ndarray, rank: int = 1) -> np.ndarray:
-    """Dataset-level Ships: Σ_{i≤r} arccos σ_i(U_baseᵀ U_abl) in degrees, for `base: [P, D]` and
-    `ablated: [M, P, D]`; returns `[M]`."""
-    if rank < 1 or rank > min(base.shape):
-        raise ValueError(f"rank must be in 1..{min(base.shape)} for {base.shape[0]} prompts, got {rank}")
-    u_base = top_left_singular_vectors(base, rank)
-    u_ablated = top_left_singular_vectors(ablated, rank)
+def principal_angle_degrees(base_gram: np.ndarray, ablated_gram: np.ndarray, rank: int = 1) -> np.ndarray:
+    """Dataset-level Ships: Σ_{i≤r} arccos σ_i(U_baseᵀ U_abl) in degrees, where U are the top-r left singular
+    vectors of the representation matrices, given as Gram matrices `base_gram: [P, P]`, `ablated_gram: [M, P, P]`.
+    Returns `[M]`."""
+    num_prompts = base_gram.shape[0]
+    if not 1 <= rank <= num_prompts:
+        raise ValueError(f"rank must be in 1..{num_prompts} for {num_prompts} prompts, got {rank}")
+    u_base = top_left_singular_vectors(base_gram, rank)
+    u_ablated = top_left_singular_vectors(ablated_gram, rank)
     cosines = np.linalg.svd(np.einsum("pr,mps->mrs", u_base, u_ablated), compute_uv=False)
     return np.degrees(np.arccos(np.clip(cosines, 0.0, 1.0))).sum(axis=-1)
 
@@ -45,8 +48,8 @@ def dataset_level_scores(model: Model, prompts: Sequence, ablations: Interventio
                          progress: bool = False) -> np.ndarray:
     """Dataset-level score `[M]` (degrees) of each ablation `[M, L, N]` over the whole prompt set."""
     result = scan_ablations(model, make_batches(model, prompts, batch_size), ablations, chunk_size,
-                            keep_hidden=True, progress=progress)
-    return principal_angle_degrees(result.base_hidden, result.hidden, rank)
+                            keep_gram=True, progress=progress)
+    return principal_angle_degrees(result.base_gram, result.gram, rank)
 
 
 def dataset_level(model: Model, prompts: Sequence, kind: str = "ua", epsilon: float = DEFAULT_EPSILON,
