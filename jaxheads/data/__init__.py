@@ -1,0 +1,1 @@
+"""Built-in prompt sets (package data), prompt loaders and prompt formats."""

@@ -1,0 +1,188 @@
+"""Prompt sets from the built-in files, local .csv/.json/.jsonl/.txt files, or `datasets` hub ids.
+
+Built-in sets (`builtin:harmful`, `builtin:harmless`) hold 180 requests each, 18 per category, written for this
+project. Within each category, in file order, every third request (positions 2, 5, 8, ...) is `heldout` and the
+rest are `train`, so each category splits 12 / 6.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.resources
+import json
+import os
+import re
+
+from jaxheads.errors import DataError
+
+BUILTIN_SETS = ("harmful", "harmless")
+SPLITS = ("train", "heldout")
+FILE_FORMATS = (".csv", ".json", ".jsonl", ".txt")
+# Tried in this order when no column is given; matched exactly first, then ignoring case.
+PROMPT_COLUMNS = ("prompt", "instruction", "goal", "input", "question", "behavior")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w-]*$|^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_builtin_records(name: str) -> list[dict]:
+    """The records (`prompt`, `category`, `split`) of the built-in set `name` ("harmful" or "harmless")."""
+    if name not in BUILTIN_SETS:
+        raise DataError(f"unknown built-in prompt set {name!r}; choose one of {', '.join(BUILTIN_SETS)}")
+    text = importlib.resources.files("jaxheads.data").joinpath(f"{name}.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def load_refusals() -> list[str]:
+    """The built-in refusal answers (one per line of refusals.txt), used as safe targets for alignment."""
+    text = importlib.resources.files("jaxheads.data").joinpath("refusals.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_prompts(source: str, column: str | None = None, limit: int | None = None,
+                 split: str | None = None) -> list[str]:
+    """The prompts of `source`, stripped, blank ones skipped, in source order, at most `limit` of them.
+
+    `source` is `builtin:harmful` or `builtin:harmless` (optionally `:train` / `:heldout`, or `split=`), a path
+    to a .csv/.json/.jsonl/.txt file, or a `datasets` hub id (its `split`, default "train"). For tables and
+    objects the prompt column is `column`, else the first of PROMPT_COLUMNS present.
+    """
+    if limit is not None and limit <= 0:
+        raise DataError(f"limit must be a positive number of prompts, got {limit}; leave it unset to use all")
+    if source.startswith("builtin:"):
+        if column not in (None, "prompt"):
+            raise DataError(f"built-in sets have one prompt column, 'prompt'; drop column={column!r} for {source}")
+        prompts = _builtin_prompts(source, split)
+    else:
+        local = _is_local(source)
+        if local and split is not None:
+            raise DataError(f"split={split!r} applies only to builtin: sets and hub datasets, not to the file "
+                            f"{source}; drop it or split the file yourself")
+        prompts = _file_prompts(source, column) if local else _hub_prompts(source, column, split)
+    prompts = [prompt.strip() for prompt in prompts if prompt.strip()]
+    if not prompts:
+        raise DataError(f"{source} holds no prompts (every entry is empty or blank)")
+    return prompts[:limit] if limit is not None else prompts
+
+
+def _builtin_prompts(source: str, split: str | None) -> list[str]:
+    """Prompts of `builtin:NAME[:SPLIT]`, filtered by the split in the name or the `split` argument."""
+    name, _, named_split = source.removeprefix("builtin:").partition(":")
+    if named_split and split is not None and named_split != split:
+        raise DataError(f"{source} names split {named_split!r} but split={split!r} was also given; give only one")
+    split = named_split or split
+    if split is not None and split not in SPLITS:
+        raise DataError(f"unknown split {split!r} for {source}; choose one of {', '.join(SPLITS)}")
+    records = load_builtin_records(name)
+    return [record["prompt"] for record in records if split is None or record["split"] == split]
+
+
+def _is_local(source: str) -> bool:
+    """Whether `source` names a local file rather than a hub id: a known suffix, an existing path, or not
+    shaped like `name` / `owner/name`."""
+    return (os.path.splitext(source)[1].lower() in FILE_FORMATS or os.path.exists(source)
+            or not _HUB_ID.match(source))
+
+
+def _file_prompts(path: str, column: str | None) -> list[str]:
+    """Prompts read from a local file, by its suffix."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in FILE_FORMATS:
+        raise DataError(f"cannot read prompts from {path}: unknown extension {suffix or '(none)'!r}; use one of "
+                        f"{', '.join(FILE_FORMATS)}, a builtin: set or a datasets hub id")
+    if not os.path.isfile(path):
+        raise DataError(f"prompt file {path} does not exist; check the path (relative paths start at "
+                        f"{os.getcwd()})")
+    with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
+        if suffix == ".txt":
+            return handle.read().splitlines()
+        if suffix == ".csv":
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            return _column_values(rows, reader.fieldnames or [], column, path)
+        if suffix == ".json":
+            try:
+                entries = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path} is not valid JSON ({error})") from error
+            if not isinstance(entries, list):
+                raise DataError(f"{path} must hold a JSON list of strings or objects, not a "
+                                f"{type(entries).__name__}")
+        else:
+            entries = []
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        entries.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise DataError(f"line {number} of {path} is not valid JSON ({error})") from error
+    return _entry_prompts(entries, column, path)
+
+
+def _entry_prompts(entries: list, column: str | None, source: str) -> list[str]:
+    """Prompts from JSON entries that are either all strings or all objects."""
+    if not entries:
+        return []
+    kind = str if isinstance(entries[0], str) else dict
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, kind):
+            raise DataError(f"entry {index} of {source} is a {type(entry).__name__}; entries must be all strings "
+                            "(the prompts) or all objects with a prompt field")
+    if kind is str:
+        if column is not None:
+            raise DataError(f"{source} holds plain strings, so column={column!r} cannot be used; drop it")
+        return entries
+    names = list(dict.fromkeys(name for entry in entries for name in entry))
+    return _column_values(entries, names, column, source)
+
+
+def _column_values(rows: list[dict], names: list[str], column: str | None, source: str) -> list[str]:
+    """The values of the prompt column of table rows (a row without it is an error)."""
+    if not rows:
+        return []
+    column = _resolve_column(names, column, source)
+    for index, row in enumerate(rows):
+        if column not in row:
+            raise DataError(f"row {index} of {source} has no {column!r} field; every row needs one")
+    return _check_strings([row[column] for row in rows], column, source)
+
+
+def _resolve_column(names: list[str], column: str | None, source: str) -> str:
+    """`column` if `names` has it, else (when not given) the first of PROMPT_COLUMNS present, matched exactly
+    first and then ignoring case."""
+    if column is not None:
+        if column not in names:
+            raise DataError(f"{source} has no column {column!r}; its columns are {names}")
+        return column
+    for candidate in PROMPT_COLUMNS:
+        if candidate in names:
+            return candidate
+    lowered = {name.lower(): name for name in names}
+    for candidate in PROMPT_COLUMNS:
+        if candidate in lowered:
+            return lowered[candidate]
+    raise DataError(f"{source} has none of the prompt columns {list(PROMPT_COLUMNS)}; its columns are {names}; "
+                    "pass column= (--column) to choose one")
+
+
+def _check_strings(values: list, column: str, source: str) -> list[str]:
+    """`values` unchanged if all are strings, else an error naming the first that is not."""
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise DataError(f"row {index} of {source} has {type(value).__name__} {value!r} in column {column!r}; "
+                            "prompts must be strings")
+    return values
+
+
+def _hub_prompts(source: str, column: str | None, split: str | None) -> list[str]:
+    """Prompts of the `datasets` hub dataset `source` (split `split`, default "train")."""
+    import datasets
+
+    hub_split = split or "train"
+    try:
+        dataset = datasets.load_dataset(source, split=hub_split)
+    except Exception as error:  # datasets raises many kinds (not found, offline, connection, bad split)
+        raise DataError(f"could not load {source!r} (split {hub_split!r}) from the Hugging Face hub: {error}. "
+                        f"It is not a local file either; check the dataset id and split, the network, or use "
+                        f"a local .csv/.json/.jsonl/.txt file") from error
+    label = f"hub dataset {source!r}"
+    column = _resolve_column(list(dataset.column_names), column, label)
+    return _check_strings(list(dataset[column]), column, label)

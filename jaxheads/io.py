@@ -1,0 +1,169 @@
+"""Result files that are either fully written or untouched, and append-only logs that survive interruption."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from jaxheads.errors import DataError
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` (UTF-8, newlines as given) to `path` so that readers see the old file or the new one, never
+    a partial one: a temporary file in the same folder is written, synced and renamed over `path`."""
+    _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes `obj` as indented JSON (numpy arrays and scalars as lists and numbers) atomically. NaN/inf and
+    objects JSON cannot hold are errors raised before anything is written."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False, default=_numpy_to_json)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"cannot write {path} as JSON: {error}; convert such values first "
+                        "(e.g. NaN to None, other objects to dicts or strings)") from error
+    atomic_write_text(path, text + "\n")
+
+
+def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Writes a CSV table with a `header` row atomically; every row must have one value per header column."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for index, row in enumerate(rows):
+        if len(row) != len(header):
+            raise DataError(f"row {index} for {path} has {len(row)} values but the header has {len(header)} "
+                            f"columns ({list(header)})")
+        writer.writerow(row)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 150) -> None:
+    """Saves a matplotlib figure atomically, in the format named by the suffix of `path` (e.g. .png, .pdf)."""
+    suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    supported = fig.canvas.get_supported_filetypes()
+    if suffix not in supported:
+        raise DataError(f"cannot save a figure as {path}: unknown image suffix {suffix!r}; use one of "
+                        f"{', '.join(sorted(supported))}")
+    _atomic_write(path, lambda handle: fig.savefig(handle, format=suffix, dpi=dpi, bbox_inches="tight"))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value stored in `path`."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError as error:
+        raise DataError(f"{path} does not exist; check the path or run the step that writes it") from error
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path} is not valid JSON ({error}); it may be from an interrupted run") from error
+
+
+class JsonlLog:
+    """An append-only log of JSON records, one per line, each synced to disk as it is written.
+
+    A run killed mid-write leaves at most one partial last line; `read` ignores it and the next `append`
+    removes it, so a resumed run continues from the last complete record.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._tail_checked = False
+
+    def append(self, record: dict) -> None:
+        """Adds one record as a line and syncs it."""
+        try:
+            line = json.dumps(record, allow_nan=False, default=_numpy_to_json) + "\n"
+        except (TypeError, ValueError) as error:
+            raise DataError(f"cannot log this record to {self.path} as JSON: {error}") from error
+        if not self._tail_checked:
+            _make_parent(self.path)
+            self._drop_partial_line()
+            self._tail_checked = True
+        with open(self.path, "ab") as handle:
+            handle.write(line.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read(self) -> list[dict]:
+        """Every complete record in file order ([] if the log does not exist yet)."""
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, "rb") as handle:
+            data = handle.read()
+        complete = data[:data.rfind(b"\n") + 1].decode("utf-8")
+        records = []
+        for number, line in enumerate(complete.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"line {number} of {self.path} is not valid JSON ({error}); the log is "
+                                    "damaged, delete it to start over") from error
+        return records
+
+    def _drop_partial_line(self) -> None:
+        """Cuts an unterminated last line (left by an interrupted write) off the file."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, "r+b") as handle:
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
+                handle.truncate(data.rfind(b"\n") + 1)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
+    """Runs `write` on a binary temporary file next to `path`, syncs it and renames it to `path` (keeping the
+    permissions of a file it replaces, else 0644); on any error the temporary file is removed and `path` is
+    left as it was."""
+    path = os.fspath(path)
+    folder = _make_parent(path)
+    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                         delete=False)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
+        os.replace(handle.name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(handle.name)
+        raise
+    _sync_folder(folder)
+
+
+def _make_parent(path: str) -> str:
+    """Creates the folder holding `path` (if missing) and returns it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _sync_folder(folder: str) -> None:
+    """Syncs a folder so that a rename inside it survives a crash (a no-op where folders cannot be opened)."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _numpy_to_json(value: Any) -> Any:
+    """JSON form of numpy/JAX arrays and numpy scalars (for json.dumps `default`)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "__array__"):
+        return np.asarray(value).tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

@@ -1,0 +1,161 @@
+"""Headless figures of head scores, Sahara selections and training curves, saved atomically.
+
+Figures are built with `matplotlib.figure.Figure` and drawn by the Agg canvas, so no display and no pyplot state
+are involved (the global backend is left alone).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib import patheffects
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from jaxheads.errors import DataError
+from jaxheads.io import save_figure_atomic
+
+TOP_HEADS = 5
+_OUTLINE = [patheffects.withStroke(linewidth=2.5, foreground="black")]
+_MARK_COLOR = "#ff3b30"
+
+
+def plot_head_heatmap(scores, path: str | os.PathLike, title: str = "", cbar_label: str = "score") -> None:
+    """Saves a heatmap of per-head `scores` [L, N] (layer 0 in the top row, heads across) with the top-5 heads
+    outlined and numbered by rank, and listed with their (layer, head) and score below the plot. NaN cells
+    are grey."""
+    scores = _head_table(scores, "scores")
+    num_layers, num_heads = scores.shape
+    fig = Figure(figsize=_grid_size(num_layers, num_heads, extra_height=1.0), layout="constrained")
+    ax = fig.add_subplot()
+    _draw_grid(fig, ax, scores, cbar_label)
+    top = _top_heads(scores, TOP_HEADS)
+    for rank, (layer, head) in enumerate(top, start=1):
+        _mark_cell(ax, layer, head, str(rank))
+    listing = [f"#{rank}  ({layer}, {head})  {scores[layer, head]:.4g}"
+               for rank, (layer, head) in enumerate(top, start=1)]
+    ax.annotate("\n".join(["top heads (layer, head)  score", *listing]) if top else "no finite scores",
+                xy=(0, 0), xycoords="axes fraction", xytext=(0, -36), textcoords="offset points", va="top",
+                fontsize=8, family="monospace")
+    ax.set_title(title, fontsize=10)
+    save_figure_atomic(fig, path)
+
+
+def plot_chosen_heads(num_layers: int, num_heads: int, heads: Sequence[tuple[int, int]],
+                      step_scores: Sequence, path: str | os.PathLike, title: str = "Sahara greedy head selection",
+                      score_label: str = "dataset-level score (°)") -> None:
+    """Saves Sahara's selection: left, the step-1 scores (each head ablated alone) on the [L, N] grid with the
+    chosen heads outlined and numbered by the step that chose them; right, the score of the chosen group after
+    each step."""
+    if len(heads) != len(step_scores) or not heads:
+        raise DataError(f"need one score table per chosen head and at least one step; got {len(heads)} heads and "
+                        f"{len(step_scores)} score tables")
+    tables = [_head_table(table, f"step {step} scores") for step, table in enumerate(step_scores, start=1)]
+    for step, table in enumerate(tables, start=1):
+        if table.shape != (num_layers, num_heads):
+            raise DataError(f"step {step} scores have shape {table.shape}, expected ({num_layers}, {num_heads})")
+    for layer, head in heads:
+        if not (0 <= layer < num_layers and 0 <= head < num_heads):
+            raise DataError(f"chosen head ({layer}, {head}) is outside the {num_layers} x {num_heads} grid")
+    width, height = _grid_size(num_layers, num_heads)
+    fig = Figure(figsize=(width + 4.5, height), layout="constrained")
+    grid_ax, line_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [width, 4.0]})
+    _draw_grid(fig, grid_ax, tables[0], f"step 1 (head alone): {score_label}")
+    for step, (layer, head) in enumerate(heads, start=1):
+        _mark_cell(grid_ax, layer, head, str(step))
+    grid_ax.set_title("chosen heads, numbered by step", fontsize=10)
+    steps = np.arange(1, len(heads) + 1)
+    chosen_scores = [table[layer, head] for table, (layer, head) in zip(tables, heads)]
+    line_ax.plot(steps, chosen_scores, marker="o", color="#1f5aa6")
+    for step, score, (layer, head) in zip(steps, chosen_scores, heads):
+        line_ax.annotate(f"+({layer}, {head})", (step, score), xytext=(4, 6), textcoords="offset points",
+                         fontsize=8)
+    line_ax.set_xticks(steps)
+    line_ax.set_xlim(0.6, len(heads) + 0.9)
+    line_ax.set_xlabel("step (heads ablated together)")
+    line_ax.set_ylabel(score_label)
+    line_ax.set_title("best score per step", fontsize=10)
+    line_ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    save_figure_atomic(fig, path)
+
+
+def plot_curves(records: Sequence[dict], keys: Sequence[str], path: str | os.PathLike, x: str = "step",
+                title: str = "") -> None:
+    """Saves one panel per metric in `keys` against `x`, from log records (a record without a metric, or with
+    None for it, is skipped for that panel)."""
+    if not keys:
+        raise DataError("plot_curves needs at least one metric key")
+    fig = Figure(figsize=(7, 1.2 + 2.2 * len(keys)), layout="constrained")
+    axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, key in zip(axes, keys):
+        points = []
+        for index, record in enumerate(records):
+            if record.get(key) is None:
+                continue
+            if x not in record:
+                raise DataError(f"record {index} has {key!r} but no {x!r}; log {x!r} with every metric or pick "
+                                "another x")
+            points.append((record[x], record[key]))
+        if not points:
+            present = sorted({name for record in records for name in record})
+            raise DataError(f"no record has a value for {key!r}; the records hold {present}")
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="." if len(points) < 50 else None, color="#1f5aa6", linewidth=1.3)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel(x)
+    if title:
+        axes[0].set_title(title, fontsize=10)
+    save_figure_atomic(fig, path)
+
+
+def _head_table(scores, name: str) -> np.ndarray:
+    """`scores` as a float [L, N] array (None becomes NaN)."""
+    table = np.array(scores, dtype=float)
+    if table.ndim != 2 or 0 in table.shape:
+        raise DataError(f"{name} must be a non-empty [layers, heads] table, got shape {table.shape}")
+    return table
+
+
+def _grid_size(num_layers: int, num_heads: int, extra_height: float = 0.0) -> tuple[float, float]:
+    """Figure inches for an [L, N] grid: cells about 0.3 inch, within readable bounds."""
+    width = min(max(2.2 + 0.32 * num_heads, 5.0), 16.0)
+    height = min(max(1.4 + 0.24 * num_layers, 3.5), 14.0) + extra_height
+    return width, height
+
+
+def _draw_grid(fig: Figure, ax, table: np.ndarray, cbar_label: str) -> None:
+    """Draws an [L, N] table as cells (layer 0 at the top) with a labelled colorbar."""
+    num_layers, num_heads = table.shape
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
+    image = ax.imshow(np.ma.masked_invalid(table), cmap=cmap, aspect="auto", interpolation="nearest")
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.06, pad=0.02, aspect=35)
+    colorbar.set_label(cbar_label, fontsize=9)
+    ax.set_xticks(_ticks(num_heads))
+    ax.set_yticks(_ticks(num_layers))
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer (0 at top)")
+
+
+def _ticks(count: int) -> np.ndarray:
+    """Tick positions: every index for small axes, else about 16 evenly spaced ones."""
+    return np.arange(0, count, max(1, int(np.ceil(count / 16))))
+
+
+def _mark_cell(ax, layer: int, head: int, label: str) -> None:
+    """Outlines cell (layer, head) and writes `label` in it."""
+    ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor=_MARK_COLOR, linewidth=2.0))
+    ax.text(head, layer, label, ha="center", va="center", color="white", fontsize=8, fontweight="bold",
+            path_effects=_OUTLINE)
+
+
+def _top_heads(scores: np.ndarray, count: int) -> list[tuple[int, int]]:
+    """The (layer, head) of the `count` highest finite scores, highest first."""
+    flat = np.where(np.isfinite(scores), scores, -np.inf).ravel()
+    order = np.argsort(-flat, kind="stable")[:min(count, int(np.isfinite(scores).sum()))]
+    return [tuple(int(i) for i in np.unravel_index(index, scores.shape)) for index in order]
