@@ -65,3 +65,40 @@ def hf_logits(model, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndar
     positions = torch.clamp(mask_t.cumsum(-1) - 1, min=0)
     with torch.no_grad():
         return model(input_ids=ids_t, attention_mask=mask_t, position_ids=positions).logits.float().numpy()
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def word_tokenizer(texts):
+    """A word-level `transformers` tokenizer over the words of `texts` (built offline, with a chat template)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    specials = ["<unk>", "<pad>", "</s>", "<|user|>", "<|assistant|>", "<|end|>"]
+    words = sorted({w for text in texts for w in pre_tokenizers.Whitespace().pre_tokenize_str(text) for w in [w[0]]})
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                                     eos_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_with_tokenizer(tmp_path_factory):
+    """A tiny random Llama checkpoint directory with a word-level tokenizer covering the built-in prompts."""
+    from jaxheads.data.loaders import load_builtin_records, load_refusals
+    from jaxheads.data.formats import TEMPLATE
+
+    texts = [r["prompt"] for name in ("harmful", "harmless") for r in load_builtin_records(name)]
+    tokenizer = word_tokenizer(texts + load_refusals() + [TEMPLATE.format(query="")])
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**{**TINY, "vocab_size": len(tokenizer)}, num_key_value_heads=2,
+                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = transformers.LlamaForCausalLM(config).eval()
+    directory = tmp_path_factory.mktemp("tiny_with_tokenizer")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
