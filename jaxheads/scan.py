@@ -183,14 +183,17 @@ def _iterate(graphdef, state, batches, chunks, progress) -> Iterator:
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(batches) * len(chunks), desc="ablations", unit="chunk")
+        bar = tqdm(total=len(batches) * len(chunks), desc="ablation chunks", unit="chunk", leave=False)
     for batch in batches:
         mask = jnp.asarray(batch.mask)
         inputs, base_logp, base_hidden = base_pass(graphdef, state, jnp.asarray(batch.ids), mask)
-        per_chunk = [ablated_pass(graphdef, state, inputs, mask, jnp.int32(chunk.start), chunk.heads, base_logp)
-                     for chunk in chunks]
+        per_chunk = []
+        for chunk in chunks:
+            per_chunk.append(ablated_pass(graphdef, state, inputs, mask, jnp.int32(chunk.start), chunk.heads,
+                                          base_logp))
+            if bar is not None:  # dispatch is asynchronous: wait only when a bar must show real progress
+                jax.block_until_ready(per_chunk[-1])
+                bar.update()
         yield batch, (base_hidden, per_chunk)
-        if bar is not None:
-            bar.update(len(chunks))
     if bar is not None:
         bar.close()

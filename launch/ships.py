@@ -42,7 +42,7 @@ def main(argv):
                       unit="batch", initial=len(groups) - len(todo), total=len(groups)):
         started = time.perf_counter()
         scores = ships.query_level(model, [prompts[i] for i in group], config.ablation, config.epsilon,
-                                   batch_size=config.batch_size, chunk_size=config.chunk_size)
+                                   batch_size=config.batch_size, chunk_size=config.chunk_size, progress=True)
         seconds = (time.perf_counter() - started) / len(group)
         for i, row in zip(group, scores):
             log.append({"index": int(i), "prompt": prompts[i], "scores": row.tolist(), "seconds": seconds})
