@@ -22,6 +22,7 @@ from jaxheads.generate import PAD_MULTIPLE, encode_prompts, pad_id, pad_left
 from jaxheads.interventions import Interventions
 from jaxheads.loading import Model
 from jaxheads.models.llama import attention_mask_for_prompt, positions_from_mask
+from jaxheads.sharding import data_mesh, replicate, shard_rows
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_CHUNK = 16
@@ -38,9 +39,13 @@ class PromptBatch:
 
 
 def make_batches(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]],
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> list[PromptBatch]:
+                 batch_size: int = DEFAULT_BATCH_SIZE, row_multiple: int | None = None) -> list[PromptBatch]:
     """Tokenizes formatted prompts (or takes token id lists) and groups them by length into batches of
-    `batch_size` (the last one filled). Prompts longer than the model's context are rejected by name."""
+    `batch_size`, rounded up to a multiple of `row_multiple` (default: the device count, so that rows split
+    evenly over a data-parallel mesh); short batches are filled. Prompts longer than the model's context are
+    rejected by name."""
+    row_multiple = jax.device_count() if row_multiple is None else row_multiple
+    batch_size = -(-batch_size // row_multiple) * row_multiple
     if not prompts:
         raise DataError("no prompts to scan")
     ids = [encode_prompts(model.tokenizer, [text], pad_to_multiple=1)[0][0] if isinstance(text, str) else list(text)
@@ -53,7 +58,8 @@ def make_batches(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]],
     batches = []
     for start in range(0, len(order), batch_size):
         members = order[start:start + batch_size]
-        rows = members + [members[0]] * (batch_size - len(members)) if len(order) > batch_size else members
+        width = batch_size if len(order) > batch_size else -(-len(members) // row_multiple) * row_multiple
+        rows = members + [members[0]] * (width - len(members))
         batch_ids, batch_mask = pad_left([ids[i] for i in rows], pad_id(model.tokenizer), PAD_MULTIPLE)
         indices = np.array(members + [-1] * (len(rows) - len(members)))
         batches.append(PromptBatch(batch_ids, batch_mask, indices))
@@ -144,9 +150,12 @@ class ScanResult:
 def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Interventions,
                    chunk_size: int = DEFAULT_CHUNK, keep_gram: bool = False, progress: bool = False) -> ScanResult:
     """Runs every ablation `[M, L, N]` on every prompt (exactly what one forward pass per ablation would give at
-    the last position), reusing each batch's unablated prefix. Representations stay on the device; only their
-    `[P, P]` Gram matrices come back."""
+    the last position), reusing each batch's unablated prefix. Prompt rows are split over every device
+    (data parallel; parameters replicated). Representations stay on the devices; only their `[P, P]` Gram
+    matrices come back."""
+    mesh = data_mesh()
     graphdef, state = nnx.split(model.module)
+    state = replicate(state, mesh)
     chunks = make_chunks(ablations, chunk_size)
     num_prompts = sum(int((b.indices >= 0).sum()) for b in batches)
     num_ablations = ablations.q_scale.shape[0]
@@ -154,7 +163,7 @@ def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Inte
     if keep_gram:
         hidden = jnp.zeros((num_ablations, num_prompts, model.config.hidden_size), jnp.float32)
         base_hidden = jnp.zeros((num_prompts, model.config.hidden_size), jnp.float32)
-    for batch, outputs in _iterate(graphdef, state, batches, chunks, progress):
+    for batch, outputs in _iterate(graphdef, state, mesh, batches, chunks, progress):
         real = batch.indices >= 0
         columns = batch.indices[real]
         base, per_chunk = outputs
@@ -177,7 +186,7 @@ def gram_matrices(representations: jax.Array) -> jax.Array:
     return jnp.einsum("...pd,...qd->...pq", representations, representations, precision=jax.lax.Precision.HIGHEST)
 
 
-def _iterate(graphdef, state, batches, chunks, progress) -> Iterator:
+def _iterate(graphdef, state, mesh, batches, chunks, progress) -> Iterator:
     """Dispatches all of a batch's chunks before reading any result back, so the device never waits on the host."""
     bar = None
     if progress:
@@ -185,8 +194,8 @@ def _iterate(graphdef, state, batches, chunks, progress) -> Iterator:
 
         bar = tqdm(total=len(batches) * len(chunks), desc="ablation chunks", unit="chunk", leave=False)
     for batch in batches:
-        mask = jnp.asarray(batch.mask)
-        inputs, base_logp, base_hidden = base_pass(graphdef, state, jnp.asarray(batch.ids), mask)
+        mask = shard_rows(batch.mask, mesh)
+        inputs, base_logp, base_hidden = base_pass(graphdef, state, shard_rows(batch.ids, mesh), mask)
         per_chunk = []
         for chunk in chunks:
             per_chunk.append(ablated_pass(graphdef, state, inputs, mask, jnp.int32(chunk.start), chunk.heads,
