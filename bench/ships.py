@@ -1,0 +1,142 @@
+"""Full query-level Ships scan of SmolLM2-135M-Instruct (270 heads) on the first AdvBench prompts, template
+format: heads·prompts/s, achieved GFLOP/s next to the measured float32 matmul peak, and the speed-up over
+one-head-at-a-time loops (jaxheads.forward per head, and transformers with a q_proj hook per head, the way
+the PyTorch reference runs) measured in the same run.
+
+    python bench/ships.py [--prompts 16] [--batch 16] [--chunk 9] [--loop_prompts 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax
+import numpy as np
+
+import jaxheads
+from bench.common import advbench, best_time, layer_flops, machine, matmul_peak_gflops
+from jaxheads import interventions as iv
+from jaxheads import scan, ships
+from jaxheads.data.formats import format_prompt
+
+
+def scan_flops(cfg, batches) -> float:
+    """FLOPs the prefix-reusing scan must do: one full pass per batch, then for every head of layer l the
+    layers l..L-1, plus the LM head at the last position for every ablation."""
+    L, N = cfg.num_layers, cfg.num_heads
+    total = 0.0
+    for batch in batches:
+        B, T = batch.ids.shape
+        per_layer = B * layer_flops(cfg, T, T)
+        total += L * per_layer + 2 * B * cfg.hidden_size * cfg.vocab_size
+        total += sum(N * (L - l) * per_layer for l in range(L)) + L * N * 2 * B * cfg.hidden_size * cfg.vocab_size
+    return total
+
+
+def torch_reference_seconds_per_prompt(model_dir_or_gguf, prompt: str, tokenizer, epsilon: float) -> float:
+    """One prompt through transformers, one forward per head with a hook scaling that head's query."""
+    import torch
+    import transformers
+
+    path = model_dir_or_gguf
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                           dtype=torch.float32).eval()
+    cfg = hf.config
+    N, d = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    started = time.perf_counter()
+    with torch.no_grad():
+        base = torch.log_softmax(hf(ids).logits[0, -1], -1)
+        for layer in hf.model.layers:
+            for head in range(N):
+                def scale(_, __, out, head=head):
+                    out = out.clone()
+                    out.view(*out.shape[:-1], N, d)[..., head, :] *= epsilon
+                    return out
+                handle = layer.self_attn.q_proj.register_forward_hook(scale)
+                ablated = torch.log_softmax(hf(ids).logits[0, -1], -1)
+                handle.remove()
+                float(torch.sum(base.exp() * (base - ablated)))
+    return time.perf_counter() - started
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--chunk", type=int, default=9)
+    parser.add_argument("--loop_prompts", type=int, default=1, help="prompts timed in the one-by-one loops")
+    parser.add_argument("--skip_torch", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="also scan in bfloat16; report Spearman vs float32")
+    args = parser.parse_args()
+    from jaxheads.weights.gguf import default_gguf_path
+
+    model = jaxheads.load(None)
+    cfg = model.config
+    heads = cfg.num_layers * cfg.num_heads
+    prompts = [format_prompt(q, "template") for q in advbench(args.prompts)]
+    batches = scan.make_batches(model, prompts, args.batch)
+    print(f"machine: {machine()}")
+    peak = matmul_peak_gflops()
+    print(f"float32 matmul peak (2048² jnp matmul): {peak:.1f} GFLOP/s")
+    started = time.perf_counter()
+    scores = ships.query_level(model, prompts, "ua", batch_size=args.batch, chunk_size=args.chunk)
+    cold = time.perf_counter() - started
+    warm = best_time(lambda: ships.query_level(model, prompts, "ua", batch_size=args.batch,
+                                               chunk_size=args.chunk), repeats=2)
+    flops = scan_flops(cfg, batches)
+    floor = flops / (peak * 1e9)
+    padded = sum(b.ids.size for b in batches)
+    print(f"scan: {args.prompts} prompts x {heads} heads, batch {args.batch}, chunk {args.chunk}, "
+          f"{padded} padded tokens")
+    print(f"  first run (with compilation) {cold:.1f} s; warm {warm:.2f} s = {warm / args.prompts:.3f} s/prompt, "
+          f"{heads * args.prompts / warm:.0f} heads·prompts/s")
+    print(f"  {flops / 1e9:.0f} GFLOP -> {flops / warm / 1e9:.1f} GFLOP/s achieved = {100 * floor / warm:.0f}% of "
+          f"peak; FLOP floor {floor:.2f} s, warm time is {warm / floor:.2f}x the floor")
+
+    loop_prompts = prompts[:args.loop_prompts]
+    loop_batches = scan.make_batches(model, loop_prompts, 1)
+    L, N = cfg.num_layers, cfg.num_heads
+
+    def one_by_one():
+        for batch in loop_batches:
+            base = jax.nn.log_softmax(jaxheads.forward(model, batch.ids, batch.mask)[:, -1])
+            for layer in range(L):
+                for head in range(N):
+                    logp = jax.nn.log_softmax(jaxheads.forward(model, batch.ids, batch.mask,
+                                                               iv.ablate([(layer, head)], L, N))[:, -1])
+                    float(np.sum(np.exp(base) * (base - logp)))
+
+    one_by_one()
+    loop = best_time(one_by_one, repeats=1) / len(loop_prompts)
+    print(f"jaxheads.forward one head at a time: {loop:.2f} s/prompt -> scan speed-up {loop / (warm / args.prompts):.1f}x")
+    if not args.skip_torch:
+        reference = torch_reference_seconds_per_prompt(default_gguf_path(), loop_prompts[0], model.tokenizer, 1e-5)
+        print(f"transformers one head at a time (q_proj hook, reference-style loop): {reference:.2f} s/prompt -> "
+              f"scan speed-up {reference / (warm / args.prompts):.1f}x")
+    top = np.unravel_index(np.argmax(scores.mean(0)), scores.shape[1:])
+    print(f"top mean Ships head: {tuple(int(i) for i in top)}")
+    if args.bf16:
+        half = jaxheads.load(None, dtype="bfloat16")
+        started = time.perf_counter()
+        half_scores = ships.query_level(half, prompts, "ua", batch_size=args.batch, chunk_size=args.chunk)
+        seconds = time.perf_counter() - started
+        rho = spearman(scores.mean(0).ravel(), half_scores.mean(0).ravel())
+        top_half = np.unravel_index(np.argmax(half_scores.mean(0)), scores.shape[1:])
+        print(f"bfloat16 scan (with compilation) {seconds:.1f} s; Spearman of mean scores over {heads} heads vs "
+              f"float32: {rho:.4f}; top head {tuple(int(i) for i in top_half)}")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two score vectors (no ties expected in float scores)."""
+    rank_a, rank_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(rank_a, rank_b)[0, 1])
+
+
+if __name__ == "__main__":
+    main()
