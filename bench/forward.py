@@ -13,7 +13,6 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import numpy as np
 
 import jaxheads
 from bench.common import advbench, best_time, machine

@@ -97,7 +97,7 @@ def test_query_scale_acts_after_qk_norm(tiny_checkpoint):
     model = jaxheads.load(directory)
     cfg = model.config
     ids, mask = _inputs()
-    layer, head, d = 1, 2, cfg.head_dim
+    layer, head = 1, 2
     heads = iv.ablate([(layer, head)], cfg.num_layers, cfg.num_heads, "ua", epsilon=0.0)
     ours = np.asarray(jaxheads.forward(model, ids, mask, heads))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import jaxheads
-from conftest import hf_logits, make_hf_model
+from conftest import hf_logits
 from jaxheads import interventions as iv
 from jaxheads import sahara, scan, ships
 from jaxheads.errors import DataError, JaxheadsError
