@@ -43,6 +43,9 @@ def main():
 
     jaxheads.forward(model, ids, mask).block_until_ready()
     ours = best_time(lambda: jaxheads.forward(model, ids, mask).block_until_ready())
+    ones = jaxheads.identity(model.num_layers, model.num_heads, with_mean=True)
+    jaxheads.forward(model, ids, mask, ones).block_until_ready()
+    with_ones = best_time(lambda: jaxheads.forward(model, ids, mask, ones).block_until_ready())
     ids_t, mask_t = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
     positions = torch.clamp(mask_t.cumsum(-1) - 1, min=0)
     with torch.no_grad():
@@ -50,6 +53,8 @@ def main():
         theirs = best_time(lambda: hf_model(input_ids=ids_t, attention_mask=mask_t, position_ids=positions))
     print(f"forward   jaxheads {tokens / ours:9.0f} tok/s | transformers {tokens / theirs:9.0f} tok/s "
           f"| ratio {theirs / ours:.2f}x")
+    print(f"forward with all-ones interventions (q_scale, out_scale, mean_mix): {tokens / with_ones:.0f} tok/s, "
+          f"{with_ones / ours:.3f}x the time of no interventions")
 
     generate = lambda: jaxheads.generate(model, prompts, max_new_tokens=args.new_tokens, batch_size=args.batch)
     generate()
