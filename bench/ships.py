@@ -88,7 +88,7 @@ def main():
     scores = ships.query_level(model, prompts, "ua", batch_size=args.batch, chunk_size=args.chunk)
     cold = time.perf_counter() - started
     warm = best_time(lambda: ships.query_level(model, prompts, "ua", batch_size=args.batch,
-                                               chunk_size=args.chunk), repeats=2)
+                                               chunk_size=args.chunk), repeats=1)
     flops = scan_flops(cfg, batches)
     floor = flops / (peak * 1e9)
     padded = sum(b.ids.size for b in batches)
