@@ -14,12 +14,13 @@ import numpy as np
 from flax import nnx
 
 from jaxheads.errors import LoadError
-from jaxheads.models import llama
-from jaxheads.models.config import ModelConfig, config_from_hf
+from jaxheads.models import gemma, llama
+from jaxheads.models.config import GEMMA_FAMILY, ModelConfig, config_from_hf
 
 DEFAULT_MODEL = "smollm2"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-IGNORED_WEIGHTS = re.compile(r".*rotary_emb\.inv_freq$")
+IGNORED_WEIGHTS = re.compile(r".*rotary_emb\.inv_freq$|^model\.(vision_tower|multi_modal_projector)\.")
+TEXT_DECODER_PREFIX = re.compile(r"^model\.language_model\.")  # Gemma 3 multimodal: its text decoder's weights
 
 
 @dataclasses.dataclass
@@ -45,9 +46,14 @@ class Model:
         return self.config.num_heads
 
 
-def _weight_patterns() -> list[tuple[re.Pattern, str, str]]:
+def module_class(cfg: ModelConfig) -> type[llama.Llama]:
+    """The NNX module class of this config's model family."""
+    return gemma.Gemma if cfg.model_type in GEMMA_FAMILY else llama.Llama
+
+
+def _weight_patterns(cfg: ModelConfig) -> list[tuple[re.Pattern, str, str]]:
     rows = []
-    for hf_name, (param, layout) in llama.HF_WEIGHT_MAP.items():
+    for hf_name, (param, layout) in module_class(cfg).hf_weight_map(cfg).items():
         regex = re.escape(hf_name).replace(r"\{i\}", r"(\d+)")
         rows.append((re.compile(f"^{regex}$"), param, layout))
     return rows
@@ -55,12 +61,13 @@ def _weight_patterns() -> list[tuple[re.Pattern, str, str]]:
 
 def module_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], dtype=jnp.float32) -> llama.Llama:
     """Builds the NNX module from Hugging Face-named tensors (torch layout), stacking layers on a leading axis."""
-    shapes = llama.param_shapes(cfg)
+    shapes = module_class(cfg).shapes(cfg)
     np_dtype = np.float32 if dtype == jnp.float32 else ml_dtypes.bfloat16
     arrays = {name: np.zeros(shape, np_dtype) for name, shape in shapes.items()}
     filled = {name: set() for name in shapes}
-    patterns = _weight_patterns()
+    patterns = _weight_patterns(cfg)
     for hf_name, tensor in tensors:
+        hf_name = TEXT_DECODER_PREFIX.sub("model.", hf_name)
         if IGNORED_WEIGHTS.match(hf_name) or (hf_name == "lm_head.weight" and cfg.tie_word_embeddings):
             continue
         for regex, param, layout in patterns:
@@ -92,9 +99,10 @@ def module_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarra
 
 def module_from_arrays(cfg: ModelConfig, arrays: dict[str, Any], dtype=jnp.float32) -> llama.Llama:
     """An NNX module whose parameters are `arrays` (jaxheads names and layouts), without random init."""
-    abstract = nnx.eval_shape(lambda: llama.Llama(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    cls = module_class(cfg)
+    abstract = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    nnx.replace_by_pure_dict(state, {name: jnp.asarray(arrays[name], dtype) for name in llama.param_shapes(cfg)})
+    nnx.replace_by_pure_dict(state, {name: jnp.asarray(arrays[name], dtype) for name in cls.shapes(cfg)})
     return nnx.merge(graphdef, state)
 
 

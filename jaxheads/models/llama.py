@@ -127,19 +127,63 @@ def _per_head(scale: jax.Array) -> jax.Array:
     return scale[:, None, :, None]
 
 
+def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
+    """`cap * tanh(x / cap)` (Gemma 2's soft-capping), or x unchanged when `cap` is None."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def scale_queries(q: jax.Array, heads: Interventions | None) -> jax.Array:
+    """Applies `q_scale` to queries `[B, T, N, d]` (after any query norm, which would otherwise undo it)."""
+    if heads is None:
+        return q
+    return q * _per_head(heads.q_scale).astype(q.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, heads: Interventions | None,
+           cache: tuple[jax.Array, jax.Array] | None, cache_index: jax.Array | int, sink_index: jax.Array | None,
+           scale: float, softcap: float | None = None):
+    """Grouped-query attention of rotated `q: [B, T, N, d]` over `k, v: [B, T, K, d]`, then `out_scale` and
+    `mean_mix` on the per-head output.
+
+    With a `cache` (`k, v: [B, S, K, d]`), this step's keys/values are written at `cache_index` and attention runs
+    over all S slots (`mask: [B, T, S]`). Logits are `scale * q.k` in float32, soft-capped to
+    `softcap * tanh(. / softcap)` when `softcap` is set. With `sink_index: [B]` (each row's sink key slot), also
+    returns the float32 attention of every head and query onto that slot, `[B, N, T]`.
+    Returns `(out [B, T, N, d], cache or None, sink or None)`.
+    """
+    B, T, N, d = q.shape
+    K = k.shape[2]
+    if cache is not None:
+        k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
+        cache, k, v = (k_cache, v_cache), k_cache, v_cache
+    q = q.reshape(B, T, K, N // K, d)  # query head n = k * G + g belongs to KV group k (HF repeat_kv order)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * scale
+    logits = soft_cap(logits, softcap)
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    sink = None
+    if sink_index is not None:
+        sink = jnp.take_along_axis(probs, sink_index[:, None, None, None, None], axis=-1)[..., 0].reshape(B, N, T)
+    probs = probs.astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, N, d)
+    if heads is not None:
+        if heads.mean_mix is not None:
+            mix = _per_head(heads.mean_mix).astype(out.dtype)
+            out = out * (1 - mix) + out.mean(axis=2, keepdims=True) * mix
+        out = out * _per_head(heads.out_scale).astype(out.dtype)
+    return out, cache, sink
+
+
 def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
                   heads: Interventions | None, cache: tuple[jax.Array, jax.Array] | None = None,
                   cache_index: jax.Array | int = 0, sink_index: jax.Array | None = None):
     """One decoder layer on `h: [B, T, D]` with this layer's parameters `p` (no leading L axis).
 
-    `heads` holds this layer's intervention scales (`[N]` or `[B, N]` each). With a `cache` (`k, v: [B, S, K, d]`),
-    this step's keys/values are written at `cache_index` and attention runs over all S slots (`mask: [B, T, S]`).
-    With `sink_index: [B]` (each row's sink key slot), also returns the float32 attention of every head and
-    query onto that slot, `[B, N, T]` (only this column is kept, never the `[T, S]` maps).
+    `heads` holds this layer's intervention scales (`[N]` or `[B, N]` each); `cache`, `cache_index` and
+    `sink_index` are as in `attend`.
     Returns `(h, cache, sink)`: the new hidden state, the updated cache (or None), the sink column (or None).
     """
-    B, T, _ = h.shape
-    K, G, d = cfg.num_kv_heads, cfg.group_size, cfg.head_dim
     x = rms_norm(h, p["attn_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("btD,Dnd->btnd", x, p["q"])
     k = jnp.einsum("btD,Dkd->btkd", x, p["k"])
@@ -148,27 +192,9 @@ def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: 
         q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
     if cfg.qk_norm:
         q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
-    if heads is not None:  # after any query norm, which would otherwise undo the scale
-        q = q * _per_head(heads.q_scale).astype(q.dtype)
+    q = scale_queries(q, heads)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if cache is not None:
-        k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
-        v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
-        cache, k, v = (k_cache, v_cache), k_cache, v_cache
-    q = q.reshape(B, T, K, G, d)  # query head n = k * G + g belongs to KV group k (HF repeat_kv order)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * (d ** -0.5)
-    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    sink = None
-    if sink_index is not None:
-        sink = jnp.take_along_axis(probs, sink_index[:, None, None, None, None], axis=-1)[..., 0].reshape(B, K * G, T)
-    probs = probs.astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, K * G, d)
-    if heads is not None:
-        if heads.mean_mix is not None:
-            mix = _per_head(heads.mean_mix).astype(out.dtype)
-            out = out * (1 - mix) + out.mean(axis=2, keepdims=True) * mix
-        out = out * _per_head(heads.out_scale).astype(out.dtype)
+    out, cache, sink = attend(q, k, v, mask, heads, cache, cache_index, sink_index, cfg.attention_scale)
     attn = jnp.einsum("btnd,ndD->btD", out, p["o"])
     if cfg.o_bias:
         attn = attn + p["o_bias"]
@@ -191,19 +217,64 @@ def _layer_axis_first(heads: Interventions | None) -> Interventions | None:
     return jax.tree.map(lambda a: jnp.moveaxis(jnp.asarray(a), -2, 0), heads)
 
 
+def run_stacked_layers(layer, params: dict[str, jax.Array], h: jax.Array, heads: Interventions | None,
+                       num_layers: int, start: int | jax.Array = 0, cache: KVCache | None = None,
+                       collect_inputs: bool = False, with_sink: bool = False) -> LayerOutputs:
+    """Runs `layer(p, h, heads, cache) -> (h, cache, sink)` over layers `start..L-1` of the stacked `[L, ...]`
+    `params` (and `[L, N]` / `[B, L, N]` `heads`, and the `[L, ...]` cache).
+
+    A static `start` of 0 runs one `lax.scan` and can return the updated cache, every layer's input
+    (`collect_inputs`) and the stacked sink columns (`with_sink`); a traced `start` runs a `fori_loop`.
+    """
+    heads = _layer_axis_first(heads)
+
+    def body(carry, xs):
+        p, layer_heads, layer_cache = xs
+        h_out, new_cache, sink = layer(p, carry, layer_heads, layer_cache)
+        return h_out, (new_cache, carry if collect_inputs else None, sink)
+
+    if isinstance(start, int) and start == 0:
+        layer_cache = None if cache is None else (cache.k, cache.v)
+        h, (new_cache, inputs, sink) = jax.lax.scan(body, h, (params, heads, layer_cache))
+        return LayerOutputs(h, None if cache is None else KVCache(*new_cache), inputs, sink)
+    if cache is not None or collect_inputs or with_sink:
+        raise ValueError("a cache, collected inputs or sink attention need start=0")
+
+    def loop_body(index, h):
+        take = lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False)
+        return body(h, (jax.tree.map(take, params), jax.tree.map(take, heads), None))[0]
+
+    return LayerOutputs(jax.lax.fori_loop(start, num_layers, loop_body, h))
+
+
 class Llama(nnx.Module):
     """A Llama-family causal LM; every parameter is an `nnx.Param` named as in `param_shapes`."""
+
+    NORM_INIT = 1.0  # norm weights start as the identity (Gemma's (1 + w) norms override this with 0)
 
     def __init__(self, config: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
         init = nnx.initializers.normal(0.02)
-        for name, shape in param_shapes(config).items():
-            value = jnp.ones(shape, dtype) if name.endswith("norm") else init(rngs.params(), shape, dtype)
+        for name, shape in self.shapes(self.config).items():
+            if name.endswith("norm"):
+                value = jnp.full(shape, self.NORM_INIT, dtype)
+            else:
+                value = init(rngs.params(), shape, dtype)
             setattr(self, name, nnx.Param(value))
+
+    @staticmethod
+    def shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+        """Parameter names and shapes of a module of this class for `config`."""
+        return param_shapes(config)
+
+    @staticmethod
+    def hf_weight_map(config: ModelConfig) -> dict[str, tuple[str, str]]:
+        """Hugging Face parameter name -> (jaxheads parameter, layout change) for `config`."""
+        return HF_WEIGHT_MAP
 
     def layer_params(self) -> dict[str, jax.Array]:
         """The stacked `[L, ...]` decoder-layer parameters as a dict of arrays."""
-        return {name: getattr(self, name)[...] for name in param_shapes(self.config) if name not in GLOBAL_PARAMS}
+        return {name: getattr(self, name)[...] for name in self.shapes(self.config) if name not in GLOBAL_PARAMS}
 
     def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
         """Token embeddings `[B, T, D]`."""
@@ -220,28 +291,12 @@ class Llama(nnx.Module):
         """
         cfg = self.config
         cos, sin = rope_tables(cfg, positions, h.dtype)
-        params = self.layer_params()
-        heads = _layer_axis_first(heads)
 
-        def body(carry, xs):
-            p, layer_heads, layer_cache = xs
-            h_in = carry
-            h_out, new_cache, sink = decoder_layer(cfg, p, h_in, cos, sin, mask, layer_heads, layer_cache,
-                                                   cache_index, sink_index)
-            return h_out, (new_cache, h_in if collect_inputs else None, sink)
+        def layer(p, h, layer_heads, layer_cache):
+            return decoder_layer(cfg, p, h, cos, sin, mask, layer_heads, layer_cache, cache_index, sink_index)
 
-        if isinstance(start, int) and start == 0:
-            layer_cache = None if cache is None else (cache.k, cache.v)
-            h, (new_cache, inputs, sink) = jax.lax.scan(body, h, (params, heads, layer_cache))
-            return LayerOutputs(h, None if cache is None else KVCache(*new_cache), inputs, sink)
-        if cache is not None or collect_inputs or sink_index is not None:
-            raise ValueError("a cache, collected inputs or sink attention need start=0")
-
-        def loop_body(layer, h):
-            take = lambda a: jax.lax.dynamic_index_in_dim(a, layer, keepdims=False)
-            return body(h, (jax.tree.map(take, params), jax.tree.map(take, heads), None))[0]
-
-        return LayerOutputs(jax.lax.fori_loop(start, cfg.num_layers, loop_body, h))
+        return run_stacked_layers(layer, self.layer_params(), h, heads, cfg.num_layers, start, cache,
+                                  collect_inputs, sink_index is not None)
 
     def final_hidden(self, h: jax.Array) -> jax.Array:
         """The final-norm output (input of the LM head) `[..., D]`."""
