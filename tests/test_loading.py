@@ -1,5 +1,6 @@
 """Loading checkpoints: sharded and bfloat16 safetensors, hub ids without a network, and clear errors."""
 
+import copy
 import json
 import shutil
 
@@ -25,8 +26,7 @@ def test_sharded_checkpoint_loads_like_a_single_file(tiny_checkpoint, tmp_path):
 
 def test_bfloat16_checkpoint_loads(tiny_checkpoint, tmp_path):
     hf_model, _ = tiny_checkpoint("qwen2_bias")
-    hf_model.to(torch.bfloat16).save_pretrained(tmp_path)
-    hf_model.to(torch.float32)
+    copy.deepcopy(hf_model).to(torch.bfloat16).save_pretrained(tmp_path)  # the fixture's model stays float32
     model = jaxheads.load(tmp_path)  # bfloat16 weights read without PyTorch, computed in float32
     ids = np.arange(3, 15)[None]
     reference = hf_logits(type(hf_model).from_pretrained(tmp_path, dtype=torch.float32).eval(), ids)
