@@ -1,0 +1,100 @@
+"""Training examples as token ids with a response mask, right-padded batches, and a resumable sample order.
+
+An example's prompt is tokenized exactly as generation tokenizes it (`jaxheads.generate.encode_prompts`), and
+the answer's tokens follow, so the loss is taken on the tokens the model would generate after that prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from jaxheads.data.formats import format_example
+from jaxheads.errors import DataError
+
+PAD_MULTIPLE = 32  # batch lengths are rounded up to a multiple of this, to limit recompilation
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """Token ids of prompt + answer; the first `prompt_length` of them are the prompt."""
+
+    ids: tuple[int, ...]
+    prompt_length: int
+
+
+class Batch(NamedTuple):
+    """Right-padded `ids`, attention `mask` and `response` mask (True on answer tokens), each `[B, T]`."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    response: np.ndarray
+
+
+def _encode(tokenizer, text: str, add_special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
+def tokenize_example(tokenizer, query: str, answer: str, prompt_format: str, max_length: int) -> Example:
+    """The example (query, answer) in `prompt_format`, with its answer cut to fit `max_length` tokens."""
+    prompt_text, full_text = format_example(query, answer, prompt_format, tokenizer)
+    bos = getattr(tokenizer, "bos_token", None)
+    prompt = _encode(tokenizer, prompt_text, add_special=not (bos and prompt_text.startswith(bos)))
+    answer_ids = _encode(tokenizer, full_text[len(prompt_text):], add_special=False)
+    if len(prompt) >= max_length:
+        raise DataError(f"the prompt for {query[:60]!r} has {len(prompt)} tokens, which leaves no room for the "
+                        f"answer within max_length={max_length}; raise max_length or shorten the prompt")
+    return Example(tuple(prompt + answer_ids)[:max_length], len(prompt))
+
+
+def tokenize_examples(tokenizer, pairs: Sequence[tuple[str, str]], prompt_format: str,
+                      max_length: int) -> list[Example]:
+    """Examples from (query, answer) pairs."""
+    if tokenizer is None:
+        raise DataError("training needs a tokenizer to turn (prompt, answer) text into tokens; this model has none")
+    if not pairs:
+        raise DataError("no training examples given")
+    return [tokenize_example(tokenizer, query, answer, prompt_format, max_length) for query, answer in pairs]
+
+
+def pad_right(examples: Sequence[Example], pad: int, max_length: int) -> Batch:
+    """A right-padded batch; its length is the longest example rounded up to PAD_MULTIPLE (at most max_length)."""
+    longest = max(len(example.ids) for example in examples)
+    width = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, max(max_length, longest))
+    ids = np.full((len(examples), width), pad, np.int32)
+    mask = np.zeros((len(examples), width), bool)
+    response = np.zeros((len(examples), width), bool)
+    for row, example in enumerate(examples):
+        ids[row, :len(example.ids)] = example.ids
+        mask[row, :len(example.ids)] = True
+        response[row, example.prompt_length:len(example.ids)] = True
+    return Batch(ids, mask, response)
+
+
+def sample_indices(position: int, batch_size: int, size: int, seed: int) -> np.ndarray:
+    """Indices of batch number `position` in a stream that walks a fresh permutation of `size` examples per
+    epoch (a function of `(seed, epoch)`), so any position can be reproduced without replaying the stream."""
+    offsets = np.arange(position * batch_size, (position + 1) * batch_size)
+    epochs, within = np.divmod(offsets, size)
+    orders = {epoch: np.random.default_rng([seed, epoch]).permutation(size) for epoch in set(epochs.tolist())}
+    return np.asarray([orders[epoch][index] for epoch, index in zip(epochs.tolist(), within.tolist())])
+
+
+@dataclasses.dataclass
+class PairSet:
+    """Surgery pairs: `harmful[i]` and `safe[i]` share a prompt (harmful answer vs refusal)."""
+
+    harmful: list[Example]
+    safe: list[Example]
+
+    def __post_init__(self):
+        if len(self.harmful) != len(self.safe) or not self.harmful:
+            raise DataError(f"Surgery needs matching non-empty harmful and safe examples, got {len(self.harmful)} "
+                            f"harmful and {len(self.safe)} safe")
+
+    def batches(self, indices: Sequence[int], pad: int, max_length: int) -> tuple[Batch, Batch]:
+        """The harmful and the safe batch of the pairs at `indices`."""
+        return (pad_right([self.harmful[i] for i in indices], pad, max_length),
+                pad_right([self.safe[i] for i in indices], pad, max_length))
