@@ -14,7 +14,7 @@ from safetensors.numpy import save_file
 
 from jaxheads.errors import JaxheadsError
 from jaxheads.models import llama
-from jaxheads.models.config import ModelConfig
+from jaxheads.models.config import LLAMA_FAMILY, ModelConfig
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM"}
@@ -62,6 +62,9 @@ def hf_config(cfg: ModelConfig) -> dict:
 
 def hf_tensors(cfg: ModelConfig, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Hugging Face-named float32 tensors (torch layout) from jaxheads parameters `{name: [L, ...] or [...]}`."""
+    if cfg.model_type not in LLAMA_FAMILY:
+        raise JaxheadsError(f"export supports the Llama family ({', '.join(LLAMA_FAMILY)}) so far, not "
+                            f"{cfg.model_type!r}")
     shapes = llama.param_shapes(cfg)
     tensors = {}
     for hf_name, (param, layout) in llama.HF_WEIGHT_MAP.items():

@@ -25,9 +25,8 @@ import orbax.checkpoint as ocp
 from jaxheads.errors import JaxheadsError
 from jaxheads.generate import pad_id
 from jaxheads.io import JsonlLog
-from jaxheads.loading import DTYPES, Model, module_from_arrays
+from jaxheads.loading import DTYPES, Model, module_class, module_from_arrays
 from jaxheads.models.config import ModelConfig
-from jaxheads.models.llama import param_shapes
 from jaxheads.sink import positive_heads, sink_divergence, surgery_penalty
 from jaxheads.train import lora as lora_lib
 from jaxheads.train.data import Batch, Example, PairSet, pad_right, sample_indices
@@ -164,7 +163,7 @@ def _loss(params, frozen, batch: Batch, pairs: tuple[Batch, Batch] | None, *, mo
 def model_fingerprint(model_config: ModelConfig, config: TrainConfig) -> dict:
     """What a checkpoint must match to be resumed by this run: parameter shapes and the LoRA setup."""
     lora = config.lora
-    return {"param_shapes": {name: list(shape) for name, shape in param_shapes(model_config).items()},
+    return {"param_shapes": {name: list(shape) for name, shape in module_class(model_config).shapes(model_config).items()},
             "lora": None if lora is None else {"rank": lora.rank, "alpha": lora.alpha, "targets": list(lora.targets)}}
 
 
@@ -220,7 +219,7 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
     out_dir = os.fspath(out_dir)
     model_config, lora, dtype = model.config, config.lora, DTYPES[config.dtype]
     base = {name: jnp.asarray(getattr(model.module, name)[...], jnp.float32)
-            for name in param_shapes(model_config)}
+            for name in module_class(model_config).shapes(model_config)}
     init_key, rng = jax.random.split(jax.random.key(config.seed))
     params = base if lora is None else lora_lib.init_adapters(lora, base, init_key)
     frozen = {} if lora is None else base
