@@ -49,6 +49,16 @@ def load_queries(config) -> list[str]:
     return load_prompts(config.dataset, column=config.column or None, limit=config.limit or None)
 
 
+def scan_inputs(config):
+    """The model, queries, formatted prompts and the settings a scan's resume log is keyed on."""
+    model = load_model(config)
+    queries = load_queries(config)
+    prompts = format_queries(queries, config, model.tokenizer)
+    settings = {"model": model.name, "dtype": config.dtype, "dataset": config.dataset, "limit": config.limit,
+                "prompt_format": config.prompt_format, "ablation": config.ablation, "epsilon": config.epsilon}
+    return model, queries, prompts, settings
+
+
 def format_queries(queries, config, tokenizer) -> list[str]:
     from jaxheads.data.formats import format_prompt
 

@@ -26,12 +26,8 @@ def main(argv):
     from jaxheads.sahara import SaharaStep, sahara
 
     config = common.resolved_config()
-    model = common.load_model(config)
-    queries = common.load_queries(config)
-    prompts = common.format_queries(queries, config, model.tokenizer)
-    settings = {"model": model.name, "dtype": config.dtype, "dataset": config.dataset, "limit": config.limit,
-                "prompt_format": config.prompt_format, "ablation": config.ablation, "epsilon": config.epsilon,
-                "rank": config.rank}
+    model, queries, prompts, settings = common.scan_inputs(config)
+    settings["rank"] = config.rank
     log = io.JsonlLog(os.path.join(config.out, "sahara.partial.jsonl"))
     done = common.resume_records(log, settings)
     saved = [SaharaStep(np.array(done[i]["scores"], float), tuple(done[i]["chosen"])) for i in sorted(done)]

@@ -25,11 +25,7 @@ def main(argv):
     from jaxheads.generate import encode_prompts
 
     config = common.resolved_config()
-    model = common.load_model(config)
-    queries = common.load_queries(config)
-    prompts = common.format_queries(queries, config, model.tokenizer)
-    settings = {"model": model.name, "dtype": config.dtype, "dataset": config.dataset, "limit": config.limit,
-                "prompt_format": config.prompt_format, "ablation": config.ablation, "epsilon": config.epsilon}
+    model, queries, prompts, settings = common.scan_inputs(config)
     log = io.JsonlLog(os.path.join(config.out, "ships.partial.jsonl"))
     done = common.resume_records(log, settings)
     lengths = [len(encode_prompts(model.tokenizer, [p], pad_to_multiple=1)[0][0]) for p in prompts]

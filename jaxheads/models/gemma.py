@@ -23,6 +23,7 @@ from jaxheads.models.llama import (
     Llama,
     apply_rope,
     attend,
+    decoder_shapes,
     rope_tables,
     run_stacked_layers,
     scale_queries,
@@ -65,20 +66,10 @@ def weight_map(cfg: ModelConfig) -> dict[str, tuple[str, str]]:
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Shapes of every jaxheads parameter this config has (layer parameters with their leading L)."""
-    L, D, N, K, d, F, V = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                           cfg.intermediate_size, cfg.vocab_size)
-    shapes = {
-        "embed": (V, D), "final_norm": (D,),
-        "attn_norm": (L, D), "q": (L, D, N, d), "k": (L, D, K, d), "v": (L, D, K, d), "o": (L, N, d, D),
-        "mlp_norm": (L, D), "gate": (L, D, F), "up": (L, D, F), "down": (L, F, D),
-    }
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (V, D)
+    """Shapes of every parameter of a Gemma config: the shared ones plus Gemma 2/3's post-sublayer norms."""
+    shapes = decoder_shapes(cfg)
     if cfg.sandwich_norms:
-        shapes.update(post_attn_norm=(L, D), post_mlp_norm=(L, D))
-    if cfg.qk_norm:
-        shapes.update(q_norm=(L, d), k_norm=(L, d))
+        shapes.update(post_attn_norm=(cfg.num_layers, cfg.hidden_size), post_mlp_norm=(cfg.num_layers, cfg.hidden_size))
     return shapes
 
 

@@ -44,8 +44,9 @@ HF_WEIGHT_MAP = {
 }
 
 
-def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Shapes of every jaxheads parameter this config has (layer parameters with their leading L)."""
+def decoder_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the parameters every supported family has (layer parameters with their leading L): embeddings,
+    norms, per-head attention weights, gated MLP, an untied LM head and QK-norm weights when the config has them."""
     L, D, N, K, d, F, V = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                            cfg.intermediate_size, cfg.vocab_size)
     shapes = {
@@ -55,14 +56,22 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     }
     if not cfg.tie_word_embeddings:
         shapes["lm_head"] = (V, D)
+    if cfg.qk_norm:
+        shapes.update(q_norm=(L, d), k_norm=(L, d))
+    return shapes
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of every parameter of a Llama-family config: the shared ones plus the biases it has."""
+    L, D, N, K, d, F = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                        cfg.intermediate_size)
+    shapes = decoder_shapes(cfg)
     if cfg.qkv_bias:
         shapes.update(q_bias=(L, N, d), k_bias=(L, K, d), v_bias=(L, K, d))
     if cfg.o_bias:
         shapes["o_bias"] = (L, D)
     if cfg.mlp_bias:
         shapes.update(gate_bias=(L, F), up_bias=(L, F), down_bias=(L, D))
-    if cfg.qk_norm:
-        shapes.update(q_norm=(L, d), k_norm=(L, d))
     return shapes
 
 
