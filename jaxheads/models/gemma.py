@@ -18,6 +18,7 @@ import numpy as np
 from jaxheads.interventions import Interventions
 from jaxheads.models.config import ModelConfig
 from jaxheads.models.llama import (
+    DECODER_WEIGHT_MAP,
     KVCache,
     LayerOutputs,
     Llama,
@@ -30,28 +31,14 @@ from jaxheads.models.llama import (
     soft_cap,
 )
 
-_SHARED_WEIGHTS = {
-    "model.embed_tokens.weight": ("embed", "none"),  # [V, D]
-    "model.norm.weight": ("final_norm", "none"),  # [D]
-    "lm_head.weight": ("lm_head", "none"),  # [V, D]
-    "model.layers.{i}.input_layernorm.weight": ("attn_norm", "none"),  # [D]
-    "model.layers.{i}.self_attn.q_proj.weight": ("q", "in_heads"),  # [N*d, D] -> [D, N, d]
-    "model.layers.{i}.self_attn.k_proj.weight": ("k", "in_heads"),  # [K*d, D] -> [D, K, d]
-    "model.layers.{i}.self_attn.v_proj.weight": ("v", "in_heads"),  # [K*d, D] -> [D, K, d]
-    "model.layers.{i}.self_attn.o_proj.weight": ("o", "out_heads"),  # [D, N*d] -> [N, d, D]
-    "model.layers.{i}.mlp.gate_proj.weight": ("gate", "transpose"),  # [F, D] -> [D, F]
-    "model.layers.{i}.mlp.up_proj.weight": ("up", "transpose"),  # [F, D] -> [D, F]
-    "model.layers.{i}.mlp.down_proj.weight": ("down", "transpose"),  # [D, F] -> [F, D]
-}
-
 # Hugging Face parameter name -> (jaxheads parameter, layout change), as `llama.HF_WEIGHT_MAP`. Gemma 1's
 # `post_attention_layernorm` is the norm before the MLP; Gemma 2/3's normalises the attention output.
 GEMMA_WEIGHT_MAP = {
-    **_SHARED_WEIGHTS,
+    **DECODER_WEIGHT_MAP,
     "model.layers.{i}.post_attention_layernorm.weight": ("mlp_norm", "none"),  # [D]
 }
 GEMMA2_WEIGHT_MAP = {
-    **_SHARED_WEIGHTS,
+    **DECODER_WEIGHT_MAP,
     "model.layers.{i}.post_attention_layernorm.weight": ("post_attn_norm", "none"),  # [D]
     "model.layers.{i}.pre_feedforward_layernorm.weight": ("mlp_norm", "none"),  # [D]
     "model.layers.{i}.post_feedforward_layernorm.weight": ("post_mlp_norm", "none"),  # [D]

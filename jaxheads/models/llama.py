@@ -19,7 +19,8 @@ from jaxheads.models.config import ModelConfig
 
 # Hugging Face parameter name -> (jaxheads parameter, layout change). `{i}` is the layer index; layer
 # parameters are stacked on a leading L axis. Shapes: D hidden, N/K query/KV heads, d head size, F MLP size.
-HF_WEIGHT_MAP = {
+# DECODER_WEIGHT_MAP holds the weights every supported family names alike (the twin of `decoder_shapes`).
+DECODER_WEIGHT_MAP = {
     "model.embed_tokens.weight": ("embed", "none"),  # [V, D]
     "model.norm.weight": ("final_norm", "none"),  # [D]
     "lm_head.weight": ("lm_head", "none"),  # [V, D]
@@ -28,6 +29,12 @@ HF_WEIGHT_MAP = {
     "model.layers.{i}.self_attn.k_proj.weight": ("k", "in_heads"),  # [K*d, D] -> [D, K, d]
     "model.layers.{i}.self_attn.v_proj.weight": ("v", "in_heads"),  # [K*d, D] -> [D, K, d]
     "model.layers.{i}.self_attn.o_proj.weight": ("o", "out_heads"),  # [D, N*d] -> [N, d, D]
+    "model.layers.{i}.mlp.gate_proj.weight": ("gate", "transpose"),  # [F, D] -> [D, F]
+    "model.layers.{i}.mlp.up_proj.weight": ("up", "transpose"),  # [F, D] -> [D, F]
+    "model.layers.{i}.mlp.down_proj.weight": ("down", "transpose"),  # [D, F] -> [F, D]
+}
+HF_WEIGHT_MAP = {
+    **DECODER_WEIGHT_MAP,
     "model.layers.{i}.self_attn.q_proj.bias": ("q_bias", "heads"),  # [N*d] -> [N, d]
     "model.layers.{i}.self_attn.k_proj.bias": ("k_bias", "heads"),  # [K*d] -> [K, d]
     "model.layers.{i}.self_attn.v_proj.bias": ("v_bias", "heads"),  # [K*d] -> [K, d]
@@ -35,9 +42,6 @@ HF_WEIGHT_MAP = {
     "model.layers.{i}.self_attn.q_norm.weight": ("q_norm", "none"),  # [d] (Qwen3)
     "model.layers.{i}.self_attn.k_norm.weight": ("k_norm", "none"),  # [d] (Qwen3)
     "model.layers.{i}.post_attention_layernorm.weight": ("mlp_norm", "none"),  # [D]
-    "model.layers.{i}.mlp.gate_proj.weight": ("gate", "transpose"),  # [F, D] -> [D, F]
-    "model.layers.{i}.mlp.up_proj.weight": ("up", "transpose"),  # [F, D] -> [D, F]
-    "model.layers.{i}.mlp.down_proj.weight": ("down", "transpose"),  # [D, F] -> [F, D]
     "model.layers.{i}.mlp.gate_proj.bias": ("gate_bias", "none"),
     "model.layers.{i}.mlp.up_proj.bias": ("up_bias", "none"),
     "model.layers.{i}.mlp.down_proj.bias": ("down_bias", "none"),
