@@ -98,3 +98,33 @@ def test_evaluate_bad_inputs(tiny_model_with_tokenizer, tmp_path, flags, message
     args = [f"--model={tiny_model_with_tokenizer}", "--limit=2", f"--out={tmp_path}"]
     result = run_launch("evaluate", *args, *flags, check=False)
     assert result.returncode != 0 and message in result.stderr
+
+
+def test_sahara_asr_launch_compares_with_random_heads(tiny_model_with_tokenizer, tmp_path):
+    model = f"--model={tiny_model_with_tokenizer}"
+    sahara_heads = [[2, 3], [0, 1]]
+    (tmp_path / "sahara.json").write_text(json.dumps({"heads": sahara_heads}))
+    flags = [model, f"--sahara={tmp_path / 'sahara.json'}", "--limit=3", "--max_new_tokens=4", "--random_draws=2",
+             f"--out={tmp_path / 'compare'}"]
+    run_launch("sahara_asr", *flags)
+    result = json.loads((tmp_path / "compare" / "sahara_asr.json").read_text())
+    settings = result["settings"]
+    assert [(s["name"], s["k"]) for s in settings] == [("none", 0), ("sahara", 1), ("sahara", 2), ("random", 1),
+                                                       ("random", 1), ("random", 2), ("random", 2)]
+    assert settings[1]["heads"] == sahara_heads[:1] and settings[2]["heads"] == sahara_heads
+    for setting in settings[3:]:
+        heads = [tuple(h) for h in setting["heads"]]
+        assert len(set(heads)) == setting["k"] and not set(heads) & {(2, 3), (0, 1)}
+        assert all(0 <= layer < 3 and 0 <= head < 4 for layer, head in heads)
+    assert result["sahara"] == [settings[1]["asr"], settings[2]["asr"]]
+    assert result["random_mean"] == [np.mean([s["asr"] for s in settings[3:5]]),
+                                     np.mean([s["asr"] for s in settings[5:7]])]
+    assert (tmp_path / "compare" / "sahara_asr.png").stat().st_size > 1000
+    # The Sahara k=2 setting is the same evaluation as launch.evaluate with those heads ablated.
+    run_launch("evaluate", model, "--limit=3", "--max_new_tokens=4", "--ablate=2:3,0:1", f"--out={tmp_path / 'eval'}")
+    assert json.loads((tmp_path / "eval" / "asr.json").read_text())["asr"] == settings[2]["asr"]
+    # A rerun finds every setting done.
+    run_launch("sahara_asr", *flags)
+    assert len((tmp_path / "compare" / "sahara_asr.partial.jsonl").read_text().splitlines()) == 1 + 7
+    bad = run_launch("sahara_asr", *flags[:-1], "--max_heads=3", f"--out={tmp_path / 'bad'}", check=False)
+    assert bad.returncode != 0 and "max_heads must be in 1..2" in bad.stderr
