@@ -15,6 +15,7 @@ def get_config():
     config.harmful_ratio = 0.1
     config.harmful = "builtin:harmful:train"  # prompts of the harmful samples and the Surgery pairs
     config.answer_tokens = 96
+    config.answers_cache = ""  # JSONL cache of the harmful answers; "" = <out>/harmful_answers.jsonl (share it in sweeps)
     config.task_seed = 0
     config.eval_problems = 100
     config.eval_harmful = "builtin:harmful:heldout"
