@@ -1,9 +1,10 @@
-"""Full query-level Ships scan of SmolLM2-135M-Instruct (270 heads) on the first AdvBench prompts, template
-format: heads·prompts/s, achieved GFLOP/s next to the measured float32 matmul peak, and the speed-up over
-one-head-at-a-time loops (jaxheads.forward per head, and transformers with a q_proj hook per head, the way
-the PyTorch reference runs) measured in the same run.
+"""Full query-level Ships scan of a packaged model (SmolLM2-135M-Instruct, 270 heads, by default; or Gemma-3-270M,
+72 heads) on the first AdvBench prompts, template format: seconds per prompt, heads·prompts/s, achieved GFLOP/s
+next to the measured float32 matmul peak, and the speed-up over one-head-at-a-time loops (jaxheads.forward per
+head, and transformers with a hook scaling one head's query per forward, the way the PyTorch reference runs)
+measured in the same run.
 
-    python bench/ships.py [--prompts 16] [--batch 16] [--chunk 9] [--loop_prompts 1]
+    python bench/ships.py [--model smollm2|gemma3-270m] [--prompts 16] [--batch 16] [--chunk 9] [--loop_prompts 1]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bench.common import advbench, best_time, layer_flops, machine, matmul_peak_
 from jaxheads import interventions as iv
 from jaxheads import scan, ships
 from jaxheads.data.formats import format_prompt
+from jaxheads.loading import DEFAULT_MODEL, PACKAGED_MODELS
 
 
 def scan_flops(cfg, batches) -> float:
@@ -38,16 +40,18 @@ def scan_flops(cfg, batches) -> float:
     return total
 
 
-def torch_reference_seconds_per_prompt(model_dir_or_gguf, prompt: str, tokenizer, epsilon: float) -> float:
-    """One prompt through transformers, one forward per head with a hook scaling that head's query."""
+def torch_reference_seconds_per_prompt(gguf_path: pathlib.Path, prompt: str, tokenizer, epsilon: float) -> float:
+    """One prompt through transformers, one forward per head with a hook scaling that head's query (the q_proj
+    output, or with QK-norm the q_norm output, which is `[B, N, T, d]` in Gemma 3)."""
     import torch
     import transformers
 
-    path = model_dir_or_gguf
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+    hf = transformers.AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
                                                            dtype=torch.float32).eval()
     cfg = hf.config
-    N, d = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+    N, d = cfg.num_attention_heads, cfg.head_dim
+    qk_norm = hasattr(hf.model.layers[0].self_attn, "q_norm")
+    head_axis = 1 if cfg.model_type == "gemma3_text" else -2  # Gemma 3's q_norm sees [B, N, T, d], others [.., N, d]
     ids = torch.tensor([tokenizer(prompt)["input_ids"]])
     started = time.perf_counter()
     with torch.no_grad():
@@ -56,9 +60,11 @@ def torch_reference_seconds_per_prompt(model_dir_or_gguf, prompt: str, tokenizer
             for head in range(N):
                 def scale(_, __, out, head=head):
                     out = out.clone()
-                    out.view(*out.shape[:-1], N, d)[..., head, :] *= epsilon
+                    heads = out if qk_norm else out.unflatten(-1, (N, d))  # a view of out
+                    heads.select(head_axis, head).mul_(epsilon)
                     return out
-                handle = layer.self_attn.q_proj.register_forward_hook(scale)
+                module = layer.self_attn.q_norm if qk_norm else layer.self_attn.q_proj
+                handle = module.register_forward_hook(scale)
                 ablated = torch.log_softmax(hf(ids).logits[0, -1], -1)
                 handle.remove()
                 float(torch.sum(base.exp() * (base - ablated)))
@@ -67,6 +73,8 @@ def torch_reference_seconds_per_prompt(model_dir_or_gguf, prompt: str, tokenizer
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(PACKAGED_MODELS),
+                        help="packaged GGUF model to scan")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--chunk", type=int, default=9)
@@ -74,9 +82,11 @@ def main():
     parser.add_argument("--skip_torch", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="also scan in bfloat16; report Spearman vs float32")
     args = parser.parse_args()
-    from jaxheads.weights.gguf import default_gguf_path
+    from jaxheads.weights import gguf
 
-    model = jaxheads.load(None)
+    started = time.perf_counter()
+    model = jaxheads.load(args.model)
+    print(f"model: {model.name}; jaxheads.load {time.perf_counter() - started:.1f} s")
     cfg = model.config
     heads = cfg.num_layers * cfg.num_heads
     prompts = [format_prompt(q, "template") for q in advbench(args.prompts)]
@@ -116,13 +126,14 @@ def main():
     loop = best_time(one_by_one, repeats=1) / len(loop_prompts)
     print(f"jaxheads.forward one head at a time: {loop:.2f} s/prompt -> scan speed-up {loop / (warm / args.prompts):.1f}x")
     if not args.skip_torch:
-        reference = torch_reference_seconds_per_prompt(default_gguf_path(), loop_prompts[0], model.tokenizer, 1e-5)
-        print(f"transformers one head at a time (q_proj hook, reference-style loop): {reference:.2f} s/prompt -> "
+        gguf_path = getattr(gguf, PACKAGED_MODELS[args.model][0])()
+        reference = torch_reference_seconds_per_prompt(gguf_path, loop_prompts[0], model.tokenizer, 1e-5)
+        print(f"transformers one head at a time (query hook, reference-style loop): {reference:.2f} s/prompt -> "
               f"scan speed-up {reference / (warm / args.prompts):.1f}x")
     top = np.unravel_index(np.argmax(scores.mean(0)), scores.shape[1:])
     print(f"top mean Ships head: {tuple(int(i) for i in top)}")
     if args.bf16:
-        half = jaxheads.load(None, dtype="bfloat16")
+        half = jaxheads.load(args.model, dtype="bfloat16")
         started = time.perf_counter()
         half_scores = ships.query_level(half, prompts, "ua", batch_size=args.batch, chunk_size=args.chunk)
         seconds = time.perf_counter() - started

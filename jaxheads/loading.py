@@ -6,7 +6,8 @@ import dataclasses
 import os
 import pathlib
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jax.numpy as jnp
 import ml_dtypes
@@ -25,8 +26,11 @@ PACKAGED_MODELS = {
 }
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-IGNORED_WEIGHTS = re.compile(r".*rotary_emb\.inv_freq$|^model\.(vision_tower|multi_modal_projector)\.")
-TEXT_DECODER_PREFIX = re.compile(r"^model\.language_model\.")  # Gemma 3 multimodal: its text decoder's weights
+IGNORED_WEIGHTS = re.compile(r".*rotary_emb\.inv_freq$|^(model\.)?(vision_tower|multi_modal_projector)\.")
+# Gemma 3 multimodal checkpoints keep the text decoder under `model.language_model.` (transformers >= 4.52) or
+# `language_model.model.` (earlier); both are read as the text model's `model.` (its LM head likewise).
+TEXT_DECODER_PREFIX = re.compile(r"^(model\.language_model\.|language_model\.model\.)")
+TEXT_LM_HEAD = "language_model.lm_head.weight"
 
 
 @dataclasses.dataclass
@@ -73,7 +77,7 @@ def module_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarra
     filled = {name: set() for name in shapes}
     patterns = _weight_patterns(cfg)
     for hf_name, tensor in tensors:
-        hf_name = TEXT_DECODER_PREFIX.sub("model.", hf_name)
+        hf_name = "lm_head.weight" if hf_name == TEXT_LM_HEAD else TEXT_DECODER_PREFIX.sub("model.", hf_name)
         if IGNORED_WEIGHTS.match(hf_name) or (hf_name == "lm_head.weight" and cfg.tie_word_embeddings):
             continue
         for regex, param, layout in patterns:

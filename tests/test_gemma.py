@@ -1,8 +1,10 @@
 """Gemma (1), Gemma 2 and Gemma 3 (text) against `transformers` on tiny random configs: float32 logits with left
-padding, greedy generation, interventions, sink attention, and the Ships scan against one forward pass per head;
-the Gemma-3-270M GGUF against `transformers`' own GGUF loading when its package is installed."""
+padding, greedy generation, interventions, sink attention, the Ships scan against one forward pass per head,
+multimodal Gemma 3 checkpoints and safetensors export; the Gemma-3-270M GGUF against `transformers`' own GGUF
+loading when its package is installed."""
 
 import importlib.util
+import json
 
 import jax
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import torch
 import transformers
 from conftest import TINY, hf_logits
+from flax import nnx
 
 import jaxheads
 from jaxheads import interventions as iv
@@ -130,6 +133,64 @@ def test_multimodal_gemma3_checkpoint_loads_its_text_decoder(gemma_checkpoint):
     module = module_from_tensors(cfg, tensors)
     ids, mask = _inputs()
     np.testing.assert_array_equal(np.asarray(module(ids, mask)), np.asarray(model.module(ids, mask)))
+
+
+PARTIAL_TEXT_CONFIG = {"model_type": "gemma3_text", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96,
+                       "num_hidden_layers": 7, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                       "sliding_window": 4, "tie_word_embeddings": False,
+                       "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
+
+
+@pytest.mark.parametrize("prefix,lm_head", [("model.language_model.", "lm_head.weight"),
+                                            ("language_model.model.", "language_model.lm_head.weight")])
+def test_partial_multimodal_gemma3_config_loads_its_text_decoder(tmp_path, prefix, lm_head):
+    """A `gemma3` config.json whose `text_config` names only what differs from Gemma3TextConfig's defaults (as
+    released checkpoints do), with the text decoder's weights under either multimodal prefix."""
+    from safetensors.numpy import save_file
+
+    torch.manual_seed(0)
+    text_config = transformers.Gemma3TextConfig(**PARTIAL_TEXT_CONFIG)
+    hf_model = transformers.Gemma3ForCausalLM(text_config).eval()
+    with torch.no_grad():
+        for param_name, param in hf_model.named_parameters():
+            if "norm" in param_name:
+                param.add_(0.3 * torch.randn_like(param))
+    outer = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], "eos_token_id": [1, 106],
+             "text_config": PARTIAL_TEXT_CONFIG, "vision_config": {"model_type": "siglip_vision_model"}}
+    (tmp_path / "config.json").write_text(json.dumps(outer))
+    tensors = {lm_head if name == "lm_head.weight" else prefix + name.removeprefix("model."): value.numpy()
+               for name, value in hf_model.state_dict().items()}
+    vision = "model." if prefix.startswith("model.") else ""
+    tensors[f"{vision}vision_tower.vision_model.embeddings.patch_embedding.weight"] = np.zeros((2, 3), np.float32)
+    tensors[f"{vision}multi_modal_projector.mm_input_projection_weight"] = np.zeros((2, 64), np.float32)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+
+    model = jaxheads.load(tmp_path)
+    cfg = model.config
+    assert cfg.local_layers == tuple((i + 1) % 6 != 0 for i in range(7)) and cfg.eos_token_ids == (1, 106)
+    assert (cfg.query_pre_attn_scalar, cfg.rope_theta, cfg.local_rope_theta, cfg.rope_factor) == (256, 1e6, 1e4, 2.0)
+    ids, mask = _inputs()
+    np.testing.assert_allclose(np.asarray(jaxheads.forward(model, ids, mask))[mask], hf_logits(hf_model, ids, mask)[mask],
+                               atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(GEMMA_CONFIGS))
+def test_export_loads_in_jaxheads_and_transformers(gemma_checkpoint, tmp_path, name):
+    """Exported Gemma weights (changed from the loaded ones) reload in jaxheads to the same config and logits,
+    and in transformers to logits within 1e-4."""
+    from jaxheads.train import export_safetensors, trained_model
+
+    _, model = gemma_checkpoint(name)
+    weights = {key: np.asarray(value) * 1.01 for key, value in nnx.to_pure_dict(model.params).items()}
+    export_safetensors(model.config, weights, tmp_path / "export")
+    ids, mask = _inputs()
+    expected = np.asarray(jaxheads.forward(trained_model(model, weights), ids, mask))
+    reloaded = jaxheads.load(tmp_path / "export")
+    assert reloaded.config == model.config
+    np.testing.assert_array_equal(np.asarray(jaxheads.forward(reloaded, ids, mask)), expected)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", attn_implementation="eager")
+    assert type(hf_model).__name__ == type(gemma_checkpoint(name)[0]).__name__
+    np.testing.assert_allclose(hf_logits(hf_model.float().eval(), ids, mask)[mask], expected[mask], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", sorted(GEMMA_CONFIGS))

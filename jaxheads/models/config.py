@@ -170,6 +170,24 @@ def _gemma_fields(hf: Any, model_type: str, num_layers: int) -> dict[str, Any]:
     return fields
 
 
+def gemma3_text_config(hf: Any) -> dict[str, Any]:
+    """The text decoder's config of a multimodal Gemma 3 config: its `text_config` (often partial in a
+    config.json) completed by `transformers.Gemma3TextConfig`'s own defaults, with the outer config's special
+    token ids where it sets them (the outer `eos_token_id` lists the chat's end-of-turn token)."""
+    text = _get(hf, "text_config")
+    if text is None:
+        raise LoadError("this gemma3 config has no text_config")
+    if isinstance(text, dict):
+        from transformers import Gemma3TextConfig
+
+        text = Gemma3TextConfig.from_dict(text)
+    text = text.to_dict()
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if _get(hf, key) is not None:
+            text[key] = _get(hf, key)
+    return text
+
+
 def config_from_hf(hf: Any) -> ModelConfig:
     """Builds a ModelConfig from a `transformers` PretrainedConfig (or a config.json dict)."""
     model_type = _get(hf, "model_type")
@@ -178,9 +196,7 @@ def config_from_hf(hf: Any) -> ModelConfig:
             f"unsupported model_type {model_type!r}; jaxheads supports {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     if model_type == "gemma3":  # the multimodal model: its text decoder only
-        hf, model_type = _get(hf, "text_config"), "gemma3_text"
-        if hf is None:
-            raise LoadError("this gemma3 config has no text_config")
+        hf, model_type = gemma3_text_config(hf), "gemma3_text"
     rope = _rope_parameters(hf)
     if rope["rope_type"] not in SUPPORTED_ROPE_TYPES:
         raise LoadError(

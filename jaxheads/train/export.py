@@ -13,15 +13,19 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from jaxheads.errors import JaxheadsError
+from jaxheads.loading import module_class
 from jaxheads.models import llama
-from jaxheads.models.config import LLAMA_FAMILY, ModelConfig
+from jaxheads.models.config import GEMMA_FAMILY, ModelConfig
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "qwen3": "Qwen3ForCausalLM"}
+                 "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
+                 "gemma3_text": "Gemma3ForCausalLM"}
 
 
 def hf_config(cfg: ModelConfig) -> dict:
     """The `config.json` fields of `cfg` in the form `transformers` 5 writes them."""
+    if cfg.model_type not in ARCHITECTURES:
+        raise JaxheadsError(f"export supports {', '.join(ARCHITECTURES)}, not {cfg.model_type!r}")
     rope = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
     if cfg.rope_type in ("linear", "llama3"):
         rope["factor"] = cfg.rope_factor
@@ -39,7 +43,6 @@ def hf_config(cfg: ModelConfig) -> dict:
         "num_attention_heads": cfg.num_heads,
         "num_key_value_heads": cfg.num_kv_heads,
         "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
         "rms_norm_eps": cfg.rms_norm_eps,
         "rope_parameters": rope,
         "max_position_embeddings": cfg.max_position_embeddings,
@@ -57,17 +60,40 @@ def hf_config(cfg: ModelConfig) -> dict:
         config["sliding_window"] = cfg.sliding_window
     if cfg.model_type in ("qwen2", "qwen3"):
         config["use_sliding_window"] = False
+    if cfg.model_type in GEMMA_FAMILY:
+        config.update(_gemma_fields(cfg, rope))
+    else:
+        config["hidden_act"] = cfg.hidden_act
     return config
+
+
+def _gemma_fields(cfg: ModelConfig, rope: dict) -> dict:
+    """The `config.json` fields of Gemma 1/2/3 (text) beyond the shared ones; norm weights need no change, as
+    jaxheads keeps Hugging Face's `w` of the `(1 + w)` norms."""
+    if cfg.model_type == "gemma":
+        return {"hidden_act": cfg.hidden_act, "attention_bias": False}
+    scalar = cfg.query_pre_attn_scalar
+    fields = {
+        "hidden_activation": cfg.hidden_act,
+        "attention_bias": False,
+        "query_pre_attn_scalar": int(scalar) if float(scalar).is_integer() else scalar,  # transformers: an int
+        "attn_logit_softcapping": cfg.attn_logit_softcap,
+        "final_logit_softcapping": cfg.final_logit_softcap,
+        "sliding_window": cfg.local_window,
+        "layer_types": ["sliding_attention" if local else "full_attention" for local in cfg.local_layers],
+    }
+    if cfg.model_type == "gemma3_text":
+        local_rope = {"rope_type": "default", "rope_theta": cfg.local_rope_theta}
+        fields["rope_parameters"] = {"full_attention": rope, "sliding_attention": local_rope}
+    return fields
 
 
 def hf_tensors(cfg: ModelConfig, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Hugging Face-named float32 tensors (torch layout) from jaxheads parameters `{name: [L, ...] or [...]}`."""
-    if cfg.model_type not in LLAMA_FAMILY:
-        raise JaxheadsError(f"export supports the Llama family ({', '.join(LLAMA_FAMILY)}) so far, not "
-                            f"{cfg.model_type!r}")
-    shapes = llama.param_shapes(cfg)
+    cls = module_class(cfg)
+    shapes = cls.shapes(cfg)
     tensors = {}
-    for hf_name, (param, layout) in llama.HF_WEIGHT_MAP.items():
+    for hf_name, (param, layout) in cls.hf_weight_map(cfg).items():
         if param not in shapes:
             continue
         value = np.asarray(arrays[param], np.float32)
