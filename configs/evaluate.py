@@ -19,5 +19,6 @@ def get_config():
     config.top_k = 1
     config.max_new_tokens = 64
     config.batch_size = 16
+    config.mesh = ""  # "data,model" device mesh, e.g. "4,2"; "" = every device data-parallel
     config.out = "runs/evaluate"
     return config

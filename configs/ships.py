@@ -14,7 +14,8 @@ def get_config():
     config.ablation = "ua"
     config.epsilon = 1e-5
     config.batch_size = 16
-    config.chunk_size = 16
+    config.mesh = ""  # "data,model" device mesh, e.g. "4,2"; "" = every device data-parallel
+    config.chunk_size = 0  # ablations per device call; 0 = from free device memory (16 on CPU)
     config.steps = 3  # Sahara
     config.rank = 1  # Sahara / dataset-level Ships
     config.out = "runs/ships"

@@ -12,12 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from jaxheads.errors import DataError, JaxheadsError, LoadError
 from jaxheads.generate import (PAD_MULTIPLE, Generation, Sampling, encode_prompts, generate_ids, pad_id, pad_left,
                                strip_after_eos)
 from jaxheads.interventions import Interventions, ablate, identity, single_heads
 from jaxheads.loading import Model, load
+from jaxheads.sharding import DATA, place_rows, split_on_mesh, to_host
 
 __all__ = [
     "DataError", "Generation", "Interventions", "JaxheadsError", "LoadError", "Model", "Sampling",
@@ -55,10 +57,12 @@ def eos_ids(model: Model) -> tuple[int, ...]:
 
 def generate(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]], *, max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, interventions: Interventions | None = None,
-             batch_size: int = 16, progress: bool = False) -> Generation:
+             batch_size: int = 16, progress: bool = False, mesh: Mesh | None = None) -> Generation:
     """Generates continuations of prompts with a KV cache, `batch_size` prompts at a time.
 
     `prompts`: texts (already formatted; tokenized here) or lists of token ids. Greedy when `temperature == 0`. `interventions`: `[L, N]` for every prompt or `[len(prompts), L, N]`.
+    On a `mesh`, batch rows (rounded up to a multiple of its `data` axis) are split over `data` and the weights
+    over `model` by the model's tensor-parallel specs; without one, generation runs where the weights are.
     """
     if max_new_tokens < 1:
         raise JaxheadsError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -67,7 +71,9 @@ def generate(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]], *, 
     if per_prompt and interventions.q_scale.shape[0] != len(prompts):
         raise JaxheadsError(f"{interventions.q_scale.shape[0]} interventions for {len(prompts)} prompts")
     sampling = Sampling(float(temperature), int(top_k), float(top_p))
-    graphdef, state = nnx.split(model.module)
+    graphdef, state = nnx.split(model.module) if mesh is None else split_on_mesh(model.module, mesh)
+    row_multiple = 1 if mesh is None else mesh.shape[DATA]
+    batch_size = -(-batch_size // row_multiple) * row_multiple
     stop_ids, pad = eos_ids(model), pad_id(model.tokenizer)
     texts, tokens = [], []
     starts = range(0, len(prompts), batch_size)
@@ -77,7 +83,7 @@ def generate(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]], *, 
         starts = tqdm(starts, desc="generate", unit="batch")
     for start in starts:
         chunk = prompts[start:start + batch_size]
-        filler = batch_size - len(chunk) if len(prompts) > batch_size else 0
+        filler = batch_size - len(chunk) if len(prompts) > batch_size else -len(chunk) % row_multiple
         chunk = chunk + chunk[:1] * filler
         if isinstance(chunk[0], str):
             ids, mask = encode_prompts(model.tokenizer, chunk)
@@ -85,11 +91,15 @@ def generate(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]], *, 
             ids, mask = pad_left(chunk, pad, PAD_MULTIPLE)
         heads = interventions
         if per_prompt:
-            rows = np.r_[np.arange(start, start + len(chunk)), np.full(filler, start)]
+            rows = np.r_[np.arange(start, start + len(chunk) - filler), np.full(filler, start)]
             heads = jax.tree.map(lambda a: jnp.asarray(a)[rows], interventions)
         rng = jax.random.fold_in(jax.random.key(seed), start)
-        out = np.asarray(generate_ids(graphdef, state, ids, mask, heads, rng, max_new_tokens=max_new_tokens,
-                                      sampling=sampling, eos_ids=stop_ids, pad=pad))
+        if mesh is not None:
+            ids, mask = place_rows((ids, mask), mesh)
+            if per_prompt:
+                heads = place_rows(heads, mesh)
+        out = to_host(generate_ids(graphdef, state, ids, mask, heads, rng, max_new_tokens=max_new_tokens,
+                                   sampling=sampling, eos_ids=stop_ids, pad=pad))
         for row in out[:len(chunk) - filler]:
             kept = strip_after_eos(row, stop_ids)
             tokens.append(kept)

@@ -1,4 +1,8 @@
-"""Result files that are either fully written or untouched, and append-only logs that survive interruption."""
+"""Result files that are either fully written or untouched, and append-only logs that survive interruption.
+
+In a multi-host run every process computes the same results and only process 0 writes them (the other
+processes' writes are no-ops), so files are never written twice or torn between hosts.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from jaxheads.errors import DataError
+from jaxheads.sharding import is_writer
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -78,11 +83,13 @@ class JsonlLog:
         self._tail_checked = False
 
     def append(self, record: dict) -> None:
-        """Adds one record as a line and syncs it."""
+        """Adds one record as a line and syncs it (in process 0 only)."""
         try:
             line = json.dumps(record, allow_nan=False, default=_numpy_to_json) + "\n"
         except (TypeError, ValueError) as error:
             raise DataError(f"cannot log this record to {self.path} as JSON: {error}") from error
+        if not is_writer():
+            return
         if not self._tail_checked:
             _make_parent(self.path)
             self._drop_partial_line()
@@ -124,7 +131,9 @@ class JsonlLog:
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
     """Runs `write` on a binary temporary file next to `path`, syncs it and renames it to `path` (keeping the
     permissions of a file it replaces, else 0644); on any error the temporary file is removed and `path` is
-    left as it was."""
+    left as it was. Only process 0 writes."""
+    if not is_writer():
+        return
     path = os.fspath(path)
     folder = _make_parent(path)
     handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp",

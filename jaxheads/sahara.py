@@ -8,10 +8,18 @@ import time
 from typing import Callable, Sequence
 
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxheads.interventions import DEFAULT_EPSILON, Head, ablation_mask, from_mask
 from jaxheads.loading import Model
-from jaxheads.scan import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK, make_batches, scan_ablations
+from jaxheads.scan import (
+    AUTO_CHUNK,
+    DEFAULT_BATCH_SIZE,
+    make_batches,
+    model_on_mesh,
+    scan_ablations,
+)
+from jaxheads.sharding import DATA, make_mesh
 from jaxheads.ships import principal_angle_degrees
 
 
@@ -41,25 +49,28 @@ def candidate_masks(group: Sequence[Head], num_layers: int, num_heads: int) -> t
 
 
 def sahara(model: Model, prompts: Sequence, steps: int = 3, rank: int = 1, kind: str = "ua",
-           epsilon: float = DEFAULT_EPSILON, batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = DEFAULT_CHUNK,
+           epsilon: float = DEFAULT_EPSILON, batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = AUTO_CHUNK,
            done_steps: Sequence[SaharaStep] = (), on_step: Callable[[SaharaStep], None] | None = None,
-           progress: bool = False) -> SaharaResult:
+           progress: bool = False, mesh: Mesh | None = None) -> SaharaResult:
     """Greedy search for `steps` heads. Each step scores every head h outside the chosen group G by the
     dataset-level score of ablating G ∪ {h} against the unablated model, and adds the best.
 
     `done_steps` resumes an interrupted search; `on_step` is called after each new step (e.g. to save it).
+    The scans run on `mesh` (default: every device data-parallel).
     """
     cfg = model.config
     if not 1 <= steps <= cfg.num_layers * cfg.num_heads:
         raise ValueError(f"steps must be in 1..{cfg.num_layers * cfg.num_heads}, got {steps}")
     started = time.perf_counter()
-    batches = make_batches(model, prompts, batch_size)
+    mesh = make_mesh() if mesh is None else mesh
+    model = model_on_mesh(model, mesh)
+    batches = make_batches(model, prompts, batch_size, mesh.shape[DATA])
     result = list(done_steps)
     while len(result) < steps:
         group = [step.chosen for step in result]
         masks, candidates = candidate_masks(group, cfg.num_layers, cfg.num_heads)
         scan = scan_ablations(model, batches, from_mask(masks, kind, epsilon), chunk_size, keep_gram=True,
-                              progress=progress)
+                              progress=progress, mesh=mesh)
         scores = principal_angle_degrees(scan.base_gram, scan.gram, rank)
         table = np.full((cfg.num_layers, cfg.num_heads), np.nan)
         for (l, n), score in zip(candidates, scores):

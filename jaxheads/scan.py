@@ -16,16 +16,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from jaxheads.errors import DataError
 from jaxheads.generate import PAD_MULTIPLE, encode_prompts, pad_id, pad_left
 from jaxheads.interventions import Interventions
 from jaxheads.loading import Model
 from jaxheads.models.llama import attention_mask_for_prompt, positions_from_mask
-from jaxheads.sharding import data_mesh, replicate, shard_rows
+from jaxheads.sharding import (
+    DATA,
+    make_mesh,
+    replicate,
+    shard_rows,
+    split_on_mesh,
+    to_host,
+)
 
 DEFAULT_BATCH_SIZE = 16
-DEFAULT_CHUNK = 16
+AUTO_CHUNK = 0  # chunk size 0: as many ablations per device call as half the free device memory holds
+FALLBACK_CHUNK = 16  # where the device reports no memory statistics (CPU)
+MAX_AUTO_CHUNK = 256
+MEMORY_SHARE = 0.5  # of the free device memory, for one chunk's activations (XLA needs room of its own)
 
 
 @dataclasses.dataclass
@@ -64,6 +75,12 @@ def make_batches(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]],
         indices = np.array(members + [-1] * (len(rows) - len(members)))
         batches.append(PromptBatch(batch_ids, batch_mask, indices))
     return batches
+
+
+def model_on_mesh(model: Model, mesh: Mesh) -> Model:
+    """`model` with its parameters placed on `mesh` by the model's tensor-parallel specs (placing them again on the
+    same mesh is then free, so a search of many scans moves the weights once)."""
+    return dataclasses.replace(model, module=nnx.merge(*split_on_mesh(model.module, mesh)))
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
@@ -120,7 +137,35 @@ class Chunk:
     rows: np.ndarray
 
 
-def make_chunks(ablations: Interventions, chunk_size: int = DEFAULT_CHUNK) -> list[Chunk]:
+def ablation_bytes(config, rows: int, tokens: int, itemsize: int) -> int:
+    """Estimated peak activation bytes of one ablation on `rows` prompts of `tokens` tokens (one device's
+    share): one layer's hidden-sized (residual, norm, q, k, v, attention output) and MLP-sized (gate, up,
+    product) buffers in the model dtype, its float32 attention logits and probabilities `[rows, N, T, T]`, and
+    the float32 vocabulary rows of the last position (logits, log-probs, KL terms)."""
+    per_token = 6 * config.hidden_size + 3 * config.intermediate_size
+    layer = rows * tokens * per_token * itemsize + 2 * rows * config.num_heads * tokens * tokens * 4
+    return layer + 3 * rows * config.vocab_size * 4
+
+
+def free_device_bytes(device) -> int | None:
+    """`bytes_limit - bytes_in_use` of a device, or None where it reports no memory statistics (CPU)."""
+    stats = device.memory_stats()
+    if not stats or "bytes_limit" not in stats:
+        return None
+    return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+
+
+def auto_chunk_size(config, rows: int, tokens: int, itemsize: int, device) -> int:
+    """Ablations per device call whose activations (`ablation_bytes` each) fit in `MEMORY_SHARE` of `device`'s
+    free memory, between 1 and `MAX_AUTO_CHUNK`; `FALLBACK_CHUNK` when the device reports no memory."""
+    free = free_device_bytes(device)
+    if free is None:
+        return FALLBACK_CHUNK
+    fitting = int(free * MEMORY_SHARE) // ablation_bytes(config, rows, tokens, itemsize)
+    return int(np.clip(fitting, 1, MAX_AUTO_CHUNK))
+
+
+def make_chunks(ablations: Interventions, chunk_size: int = FALLBACK_CHUNK) -> list[Chunk]:
     """Groups a batch of ablations `[M, L, N]` by first ablated layer into chunks of `chunk_size`."""
     starts = first_ablated_layer(ablations)
     num_layers = ablations.q_scale.shape[-2]
@@ -148,21 +193,30 @@ class ScanResult:
 
 
 def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Interventions,
-                   chunk_size: int = DEFAULT_CHUNK, keep_gram: bool = False, progress: bool = False) -> ScanResult:
+                   chunk_size: int = AUTO_CHUNK, keep_gram: bool = False, progress: bool = False,
+                   mesh: Mesh | None = None) -> ScanResult:
     """Runs every ablation `[M, L, N]` on every prompt (exactly what one forward pass per ablation would give at
-    the last position), reusing each batch's unablated prefix. Prompt rows are split over every device
-    (data parallel; parameters replicated). Representations stay on the devices; only their `[P, P]` Gram
-    matrices come back."""
-    mesh = data_mesh()
-    graphdef, state = nnx.split(model.module)
-    state = replicate(state, mesh)
-    chunks = make_chunks(ablations, chunk_size)
+    the last position), reusing each batch's unablated prefix, `chunk_size` ablations per device call (0 = from
+    free device memory, `auto_chunk_size`).
+
+    On `mesh` (default: every device data-parallel) prompt rows are split over `data` and parameters by the
+    model's tensor-parallel specs over `model`; ablation arrays are replicated. Representations stay on the
+    devices; only their `[P, P]` Gram matrices come back."""
+    mesh = make_mesh() if mesh is None else mesh
+    graphdef, state = split_on_mesh(model.module, mesh)
+    if chunk_size == AUTO_CHUNK:
+        rows = max(batch.ids.shape[0] for batch in batches) // mesh.shape[DATA]
+        tokens = max(batch.ids.shape[1] for batch in batches)
+        chunk_size = auto_chunk_size(model.config, rows, tokens, model.module.embed[...].dtype.itemsize,
+                                     mesh.local_devices[0])
+    chunks = [dataclasses.replace(chunk, heads=replicate(chunk.heads, mesh))
+              for chunk in make_chunks(ablations, chunk_size)]
     num_prompts = sum(int((b.indices >= 0).sum()) for b in batches)
     num_ablations = ablations.q_scale.shape[0]
     kl = np.zeros((num_ablations, num_prompts), np.float32)
     if keep_gram:
-        hidden = jnp.zeros((num_ablations, num_prompts, model.config.hidden_size), jnp.float32)
-        base_hidden = jnp.zeros((num_prompts, model.config.hidden_size), jnp.float32)
+        hidden = replicate(jnp.zeros((num_ablations, num_prompts, model.config.hidden_size), jnp.float32), mesh)
+        base_hidden = replicate(jnp.zeros((num_prompts, model.config.hidden_size), jnp.float32), mesh)
     for batch, outputs in _iterate(graphdef, state, mesh, batches, chunks, progress):
         real = batch.indices >= 0
         columns = batch.indices[real]
@@ -171,13 +225,13 @@ def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Inte
             count = len(chunk.rows)
             if keep_gram:
                 hidden = hidden.at[jnp.ix_(chunk.rows, columns)].set(chunk_hidden[:count][:, real])
-            kl[np.ix_(chunk.rows, columns)] = np.asarray(chunk_kl)[:count][:, real]
+            kl[np.ix_(chunk.rows, columns)] = to_host(chunk_kl)[:count][:, real]
         if keep_gram:
             base_hidden = base_hidden.at[columns].set(base[real])
     if not keep_gram:
         return ScanResult(kl)
-    return ScanResult(kl, np.asarray(gram_matrices(base_hidden), np.float64),
-                      np.asarray(gram_matrices(hidden), np.float64))
+    return ScanResult(kl, to_host(gram_matrices(base_hidden)).astype(np.float64),
+                      to_host(gram_matrices(hidden)).astype(np.float64))
 
 
 @jax.jit

@@ -5,21 +5,24 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxheads.interventions import DEFAULT_EPSILON, Interventions, single_heads
 from jaxheads.loading import Model
-from jaxheads.scan import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK, make_batches, scan_ablations
+from jaxheads.scan import AUTO_CHUNK, DEFAULT_BATCH_SIZE, make_batches, scan_ablations
+from jaxheads.sharding import DATA, make_mesh
 
 
 def query_level(model: Model, prompts: Sequence, kind: str = "ua", epsilon: float = DEFAULT_EPSILON,
-                batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = DEFAULT_CHUNK,
-                progress: bool = False) -> np.ndarray:
+                batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = AUTO_CHUNK,
+                progress: bool = False, mesh: Mesh | None = None) -> np.ndarray:
     """Ships scores `[P, L, N]`: KL(p_base || p_ablated) of the first response token for every prompt and
-    every single-head ablation, float32."""
+    every single-head ablation, float32, computed on `mesh` (default: every device data-parallel)."""
     cfg = model.config
+    mesh = make_mesh() if mesh is None else mesh
     ablations = single_heads(cfg.num_layers, cfg.num_heads, kind, epsilon)
-    result = scan_ablations(model, make_batches(model, prompts, batch_size), ablations, chunk_size,
-                            progress=progress)
+    result = scan_ablations(model, make_batches(model, prompts, batch_size, mesh.shape[DATA]), ablations,
+                            chunk_size, progress=progress, mesh=mesh)
     return result.kl.T.reshape(len(prompts), cfg.num_layers, cfg.num_heads)
 
 
@@ -44,11 +47,13 @@ def principal_angle_degrees(base_gram: np.ndarray, ablated_gram: np.ndarray, ran
 
 
 def dataset_level_scores(model: Model, prompts: Sequence, ablations: Interventions, rank: int = 1,
-                         batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = DEFAULT_CHUNK,
-                         progress: bool = False) -> np.ndarray:
-    """Dataset-level score `[M]` (degrees) of each ablation `[M, L, N]` over the whole prompt set."""
-    result = scan_ablations(model, make_batches(model, prompts, batch_size), ablations, chunk_size,
-                            keep_gram=True, progress=progress)
+                         batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = AUTO_CHUNK,
+                         progress: bool = False, mesh: Mesh | None = None) -> np.ndarray:
+    """Dataset-level score `[M]` (degrees) of each ablation `[M, L, N]` over the whole prompt set, computed on
+    `mesh` (default: every device data-parallel)."""
+    mesh = make_mesh() if mesh is None else mesh
+    result = scan_ablations(model, make_batches(model, prompts, batch_size, mesh.shape[DATA]), ablations,
+                            chunk_size, keep_gram=True, progress=progress, mesh=mesh)
     return principal_angle_degrees(result.base_gram, result.gram, rank)
 
 

@@ -24,10 +24,19 @@ def define_flags(default_config: str) -> None:
     flags.DEFINE_float("epsilon", None, "Scale used by ua/sc ablations.")
     flags.DEFINE_integer("batch_size", None, "Prompts per batch.")
     flags.DEFINE_string("out", None, "Output directory.")
+    flags.DEFINE_string("mesh", None, "Device mesh 'data,model', e.g. 4,2 (-1 = the remaining devices); "
+                                      "empty = every device data-parallel.")
+    flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() first (coordinator "
+                                            "auto-detected on TPU pods and Slurm); only process 0 writes files.")
 
 
 def resolved_config():
-    """The config file's values with every explicitly given flag applied on top."""
+    """The config file's values with every explicitly given flag applied on top (after joining the other
+    processes with `--distributed`, which must come before any other JAX call)."""
+    if "distributed" in FLAGS and FLAGS.distributed:  # the training launches define their own flags
+        import jax
+
+        jax.distributed.initialize()
     config = FLAGS.config
     with config.unlocked():
         for name in config.keys():
@@ -41,6 +50,13 @@ def load_model(config):
     import jaxheads
 
     return jaxheads.load(config.model or None, dtype=config.dtype)
+
+
+def device_mesh(config):
+    """The `(data, model)` mesh of `config.mesh`."""
+    from jaxheads.sharding import parse_mesh
+
+    return parse_mesh(config.mesh)
 
 
 def load_queries(config) -> list[str]:

@@ -61,7 +61,7 @@ def main(argv):
         raise DataError("--top_k_from cannot be combined with --ablate or --ablate_from")
     result = asr.evaluate(model, queries, prompts, heads, per_prompt=per_prompt, kind=config.ablation,
                           epsilon=config.epsilon, max_new_tokens=config.max_new_tokens,
-                          batch_size=config.batch_size, progress=True)
+                          batch_size=config.batch_size, progress=True, mesh=common.device_mesh(config))
     io.atomic_write_text(os.path.join(config.out, "generations.jsonl"),
                          "".join(json.dumps(record) + "\n" for record in result.records))
     ablated = [list(h) for h in heads] if not per_prompt else f"top-{config.top_k} per prompt"

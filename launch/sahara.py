@@ -15,7 +15,8 @@ from absl import app, flags
 from launch import common
 
 common.define_flags("configs/ships.py")
-flags.DEFINE_integer("chunk_size", None, "Ablations run together (vmapped) per device call.")
+flags.DEFINE_integer("chunk_size", None, "Ablations run together (vmapped) per device call; 0 = from free "
+                                        "device memory.")
 flags.DEFINE_integer("steps", None, "Heads to select (greedy steps).")
 flags.DEFINE_integer("rank", None, "Number of principal angles summed in the dataset-level score.")
 
@@ -45,7 +46,7 @@ def main(argv):
     time_of_step = common.stopwatch()
     result = sahara(model, prompts, steps=config.steps, rank=config.rank, kind=config.ablation,
                     epsilon=config.epsilon, batch_size=config.batch_size, chunk_size=config.chunk_size,
-                    done_steps=list(saved), on_step=save, progress=True)
+                    done_steps=list(saved), on_step=save, progress=True, mesh=common.device_mesh(config))
     steps = [{"scores": np.where(np.isnan(s.scores), None, s.scores).tolist(), "chosen": list(s.chosen)}
              for s in result.steps]
     output = {**settings, "layers": model.config.num_layers, "heads_per_layer": model.config.num_heads,

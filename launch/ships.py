@@ -16,16 +16,20 @@ from absl import app, flags
 from launch import common
 
 common.define_flags("configs/ships.py")
-flags.DEFINE_integer("chunk_size", None, "Ablations run together (vmapped) per device call.")
+flags.DEFINE_integer("chunk_size", None, "Ablations run together (vmapped) per device call; 0 = from free "
+                                        "device memory.")
 
 
 def main(argv):
     del argv
     from jaxheads import io, plots, ships
     from jaxheads.generate import encode_prompts
+    from jaxheads.scan import model_on_mesh
 
     config = common.resolved_config()
     model, queries, prompts, settings = common.scan_inputs(config)
+    mesh = common.device_mesh(config)
+    model = model_on_mesh(model, mesh)  # once: each batch's scan then finds the weights in place
     log = io.JsonlLog(os.path.join(config.out, "ships.partial.jsonl"))
     done = common.resume_records(log, settings)
     lengths = [len(encode_prompts(model.tokenizer, [p], pad_to_multiple=1)[0][0]) for p in prompts]
@@ -38,7 +42,8 @@ def main(argv):
                       unit="batch", initial=len(groups) - len(todo), total=len(groups)):
         started = time.perf_counter()
         scores = ships.query_level(model, [prompts[i] for i in group], config.ablation, config.epsilon,
-                                   batch_size=config.batch_size, chunk_size=config.chunk_size, progress=True)
+                                   batch_size=config.batch_size, chunk_size=config.chunk_size, progress=True,
+                                   mesh=mesh)
         seconds = (time.perf_counter() - started) / len(group)
         for i, row in zip(group, scores):
             log.append({"index": int(i), "prompt": prompts[i], "scores": row.tolist(), "seconds": seconds})

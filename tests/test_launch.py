@@ -11,9 +11,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_launch(name, *flags, check=True):
+def run_launch(name, *flags, check=True, devices=1):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)}
     result = subprocess.run([sys.executable, "-m", f"launch.{name}", *flags], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+                            text=True, env=env, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"launch.{name} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -61,14 +62,15 @@ def test_ships_launch_refuses_a_log_from_other_settings(tiny_model_with_tokenize
 
 
 def test_sahara_and_evaluate_launches(tiny_model_with_tokenizer, tmp_path):
-    model = f"--model={tiny_model_with_tokenizer}"
-    run_launch("sahara", model, "--limit=6", "--steps=2", "--batch_size=3", f"--out={tmp_path / 'sahara'}")
+    model = f"--model={tiny_model_with_tokenizer}"  # on 4 simulated devices: rows over 2, heads and MLP over 2
+    run_launch("sahara", model, "--limit=6", "--steps=2", "--batch_size=3", "--mesh=2,2",
+               f"--out={tmp_path / 'sahara'}", devices=4)
     sahara = json.loads((tmp_path / "sahara" / "sahara.json").read_text())
     assert len(sahara["heads"]) == 2 and len(sahara["steps"]) == 2 and sahara["rank"] == 1
     assert sahara["steps"][1]["scores"][sahara["heads"][0][0]][sahara["heads"][0][1]] is None
     assert (tmp_path / "sahara" / "sahara_heads.png").stat().st_size > 1000
     run_launch("evaluate", model, "--limit=4", "--max_new_tokens=8", f"--ablate_from={tmp_path / 'sahara' / 'sahara.json'}",
-               f"--out={tmp_path / 'eval'}")
+               "--mesh=-1,2", f"--out={tmp_path / 'eval'}", devices=4)
     asr = json.loads((tmp_path / "eval" / "asr.json").read_text())
     assert asr["n"] == 4 and 0 <= asr["asr"] <= 1 and asr["ablated"] == sahara["heads"]
     generations = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 import jaxheads
 from jaxheads.errors import JaxheadsError
@@ -41,9 +42,11 @@ def per_prompt_interventions(heads: Sequence[Sequence[Head]], num_layers: int, n
 
 def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Sequence[Head] | Sequence[Sequence[Head]] = (),
              per_prompt: bool = False, kind: str = "ua", epsilon: float = DEFAULT_EPSILON, judge: Judge | None = None,
-             max_new_tokens: int = 64, batch_size: int = 16, progress: bool = False) -> AsrResult:
+             max_new_tokens: int = 64, batch_size: int = 16, progress: bool = False,
+             mesh: Mesh | None = None) -> AsrResult:
     """Generates greedy responses to formatted `prompts` (for `queries`) with `heads` ablated (one list for all
-    prompts, or one list per prompt with `per_prompt`), judges them, and returns the ASR."""
+    prompts, or one list per prompt with `per_prompt`), judges them, and returns the ASR. Generation runs on
+    `mesh` when one is given (see `jaxheads.generate`)."""
     if len(queries) != len(prompts):
         raise JaxheadsError(f"{len(queries)} queries but {len(prompts)} prompts")
     cfg = model.config
@@ -55,7 +58,7 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
         interventions = from_mask(jnp.asarray(mask), kind, epsilon) if mask.any() else None
         prompt_heads = [list(heads)] * len(prompts)
     generation = jaxheads.generate(model, prompts, max_new_tokens=max_new_tokens, interventions=interventions,
-                                   batch_size=batch_size, progress=progress)
+                                   batch_size=batch_size, progress=progress, mesh=mesh)
     judge = judge or KeywordJudge()
     refused = judge(list(queries), generation.texts)
     records = [

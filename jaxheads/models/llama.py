@@ -13,9 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from jaxheads.interventions import Interventions
 from jaxheads.models.config import ModelConfig
+from jaxheads.sharding import MODEL
 
 # Hugging Face parameter name -> (jaxheads parameter, layout change). `{i}` is the layer index; layer
 # parameters are stacked on a leading L axis. Shapes: D hidden, N/K query/KV heads, d head size, F MLP size.
@@ -80,6 +82,26 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 GLOBAL_PARAMS = ("embed", "final_norm", "lm_head")
+
+# Tensor parallelism: parameter -> the axis of its shape (as in `param_shapes`) split over the mesh's `model`
+# axis: query heads N of q, o and q_bias, KV heads K of k, v and their biases, MLP width F of gate, up, down.
+# Every other parameter (embeddings, LM head, norms, output biases) is replicated.
+MODEL_PARALLEL_AXES = {"q": 2, "q_bias": 1, "o": 1, "k": 2, "v": 2, "k_bias": 1, "v_bias": 1,
+                       "gate": 2, "up": 2, "down": 1, "gate_bias": 1, "up_bias": 1}
+
+
+def partition_specs(shapes: dict[str, tuple[int, ...]], model_axis_size: int) -> dict[str, PartitionSpec]:
+    """A `PartitionSpec` for every parameter of `shapes`: its `MODEL_PARALLEL_AXES` axis split over `model`
+    when that axis divides by `model_axis_size` (e.g. K = 2 KV heads stay whole on a model axis of 4),
+    everything else replicated."""
+    specs = {}
+    for name, shape in shapes.items():
+        axis = MODEL_PARALLEL_AXES.get(name)
+        if axis is None or model_axis_size == 1 or shape[axis] % model_axis_size:
+            specs[name] = PartitionSpec()
+        else:
+            specs[name] = PartitionSpec(*([MODEL if i == axis else None for i in range(len(shape))]))
+    return specs
 
 
 class KVCache(NamedTuple):
@@ -284,6 +306,11 @@ class Llama(nnx.Module):
     def hf_weight_map(config: ModelConfig) -> dict[str, tuple[str, str]]:
         """Hugging Face parameter name -> (jaxheads parameter, layout change) for `config`."""
         return HF_WEIGHT_MAP
+
+    @classmethod
+    def partition_specs(cls, config: ModelConfig, model_axis_size: int) -> dict[str, PartitionSpec]:
+        """Tensor-parallel `PartitionSpec`s of this class's parameters for a `model` mesh axis of that size."""
+        return partition_specs(cls.shapes(config), model_axis_size)
 
     def layer_params(self) -> dict[str, jax.Array]:
         """The stacked `[L, ...]` decoder-layer parameters as a dict of arrays."""

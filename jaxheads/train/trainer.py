@@ -21,12 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
 
 from jaxheads.errors import JaxheadsError
 from jaxheads.generate import pad_id
 from jaxheads.io import JsonlLog
 from jaxheads.loading import DTYPES, Model, module_class, module_from_arrays
 from jaxheads.models.config import ModelConfig
+from jaxheads.sharding import DATA, MODEL, fsdp_specs, place_rows, to_host, tree_shardings
 from jaxheads.sink import positive_heads, sink_divergence, surgery_penalty
 from jaxheads.train import lora as lora_lib
 from jaxheads.train.data import Batch, Example, PairSet, pad_right, sample_indices
@@ -60,6 +62,7 @@ class TrainConfig:
     sink_every: int = 0  # log the positive-divergence head count every this many steps (0 = never)
     max_length: int = 256
     dtype: str = "float32"  # compute dtype; parameters and optimizer state stay float32
+    fsdp: bool = False  # on a mesh: also split each parameter's largest divisible axis over `data`
     seed: int = 0
     save_every: int = 50
     keep_checkpoints: int = 2
@@ -172,8 +175,24 @@ def _checkpoint_manager(directory: str, config: TrainConfig) -> ocp.CheckpointMa
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "meta"))
 
 
-def _restore(manager: ocp.CheckpointManager, state: TrainState, fingerprint: dict) -> tuple[TrainState, dict]:
-    """The latest checkpoint's state and metadata, after checking that it belongs to this model."""
+def training_shardings(tree, model_config: ModelConfig, config: TrainConfig, mesh: Mesh):
+    """The `NamedSharding` of each array of a training pytree (the `TrainState`, or the frozen LoRA base) on
+    `mesh`: parameters by the model's tensor-parallel specs over `model`, plus their largest divisible axis over
+    `data` with `fsdp`; optimizer moments follow their parameters; LoRA adapters, the PRNG key and the step
+    counter are replicated."""
+    cls = module_class(model_config)
+    shapes = cls.shapes(model_config)
+    specs = cls.partition_specs(model_config, mesh.shape[MODEL])
+    if config.fsdp:
+        specs = fsdp_specs(specs, shapes, mesh.shape[DATA])
+    return tree_shardings(tree, specs, shapes, mesh)
+
+
+def _restore(manager: ocp.CheckpointManager, state: TrainState, fingerprint: dict,
+             shardings: TrainState | None) -> tuple[TrainState, dict]:
+    """The latest checkpoint's state and metadata, after checking that it belongs to this model. With
+    `shardings` the arrays are restored straight into that layout (which may be another mesh's than the one
+    that saved them)."""
     step = manager.latest_step()
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     if meta.get("fingerprint") != fingerprint:
@@ -182,7 +201,11 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState, fingerprint: dic
             f"the checkpoint in {manager.directory} was written for another model or LoRA setup "
             f"(shapes {theirs.get('param_shapes')}, LoRA {theirs.get('lora')}), not this one (shapes "
             f"{fingerprint['param_shapes']}, LoRA {fingerprint['lora']}); use another output directory or delete it")
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    if shardings is None:
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    else:
+        target = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding),
+                              state, shardings)
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     return TrainState(*restored), meta
 
@@ -204,13 +227,17 @@ def _latest_records(records: list[dict]) -> list[dict]:
 
 
 def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_dir: str | os.PathLike,
-          pairs: PairSet | None = None, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+          pairs: PairSet | None = None, on_step: Callable[[int, dict], None] | None = None,
+          mesh: Mesh | None = None) -> TrainResult:
     """Fine-tunes `model` on `examples` for `config.steps` optimizer steps, resuming from the latest checkpoint
     in `out_dir/checkpoints` if there is one.
 
     `pairs` feed the Surgery regularizer (`surgery_lambda > 0`) and the logged positive-head count
     (`sink_every`). Metrics go to `out_dir/metrics.jsonl`; `on_step(step, record)` is called after each
     optimizer step. On KeyboardInterrupt the current state is saved before the interrupt propagates.
+
+    On a `mesh`, batch rows are split over `data` and the state is laid out by `training_shardings` (checkpoints
+    save that sharded state and restore onto any mesh); without one, everything runs on the default device.
     """
     if config.surgery_lambda > 0 and pairs is None:
         raise JaxheadsError("surgery_lambda > 0 needs (harmful, safe) pairs for the sink divergence; pass pairs")
@@ -225,17 +252,23 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
     frozen = {} if lora is None else base
     optimizer = make_optimizer(config)
     state = TrainState(params, optimizer.init(params), jax.random.key_data(rng), np.asarray(0, np.int64))
+    shardings, place_batch = None, lambda batch: batch
+    if mesh is not None:
+        shardings = training_shardings(state, model_config, config, mesh)
+        state = jax.device_put(state, shardings)
+        frozen = jax.device_put(frozen, training_shardings(frozen, model_config, config, mesh))
+        place_batch = functools.partial(place_rows, mesh=mesh)
     fingerprint = model_fingerprint(model_config, config)
     manager = _checkpoint_manager(os.path.join(out_dir, "checkpoints"), config)
     pending: list[dict] = []
     if manager.latest_step() is not None:
-        state, meta = _restore(manager, state, fingerprint)
+        state, meta = _restore(manager, state, fingerprint, shardings)
         pending = meta.get("pending", [])
 
     loss_fn = functools.partial(_loss, model_config=model_config, lora=lora, dtype=dtype,
                                 surgery_lambda=config.surgery_lambda)
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=None if shardings is None else (shardings, None))
     def train_step(state: TrainState, frozen, batch, pair_batches):
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frozen, batch, pair_batches)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -268,7 +301,8 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
                 count, size = len(pairs.harmful), config.surgery_batch
                 drawn = jax.random.choice(pair_key, count, (size,), replace=size > count)
                 pair_batches = pairs.batches(np.asarray(drawn).tolist(), pad, config.max_length)
-            state, metrics = train_step(state._replace(rng=jax.random.key_data(rng)), frozen, batch, pair_batches)
+            state, metrics = train_step(state._replace(rng=jax.random.key_data(rng)), frozen, place_batch(batch),
+                                        place_batch(pair_batches))
             pending.append({name: float(value) for name, value in metrics.items()})
             if int(state.micro_step) % config.grad_accum:
                 continue
@@ -291,7 +325,7 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
     _save(manager, state, fingerprint, pending)
     manager.close()
     weights = effective_weights(state.params, frozen, lora)
-    return TrainResult({name: np.asarray(value, np.float32) for name, value in weights.items()},
+    return TrainResult({name: to_host(value).astype(np.float32) for name, value in weights.items()},
                        _latest_records(log.read()), int(state.micro_step) // config.grad_accum)
 
 
