@@ -13,6 +13,7 @@ def get_config():
     config.harmful = "builtin:harmful:train"  # prompts answered with refusals
     config.harmless = "builtin:harmless:train"  # prompts answered with the base model's own greedy answers
     config.train_limit = 0  # 0 = every training prompt of each set
+    config.harmless_repeats = 1  # each harmless pair appears this many times per epoch (against over-refusal)
     config.answer_tokens = 96  # greedy tokens for the base model's answers
     config.eval_harmful = "builtin:harmful:heldout"
     config.eval_harmless = "builtin:harmless:heldout"

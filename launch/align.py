@@ -43,13 +43,21 @@ def main(argv):
     del argv
     from jaxheads import io
     from jaxheads.data.loaders import load_prompts
-    from jaxheads.train import export_safetensors, tokenize_examples, train, trained_model
+    from jaxheads.errors import JaxheadsError
+    from jaxheads.train import (
+        export_safetensors,
+        tokenize_examples,
+        train,
+        trained_model,
+    )
     from jaxheads.train.datasets import model_answers, refusal_answers
 
     started = time.perf_counter()
     training.quiet_logs()
     config = common.resolved_config()
     training.train_config(config, 1)  # bad settings fail before any work
+    if config.harmless_repeats < 1:
+        raise JaxheadsError(f"harmless_repeats must be at least 1, got {config.harmless_repeats}")
     base = common.load_model(config)
     formats = [name.strip() for name in config.prompt_formats.split(",") if name.strip()]
     harmful = load_prompts(config.harmful, limit=config.train_limit or None)
@@ -60,7 +68,7 @@ def main(argv):
                                 os.path.join(config.out, f"harmless_answers.{prompt_format}.jsonl"),
                                 max_new_tokens=config.answer_tokens, batch_size=config.eval_batch_size,
                                 progress=True)
-        pairs = [(query, answer) for query, answer in zip(harmless, answers) if answer]
+        pairs = [(query, answer) for query, answer in zip(harmless, answers) if answer] * config.harmless_repeats
         pairs += list(zip(harmful, refusal_answers(harmful, config.seed)))
         examples += tokenize_examples(base.tokenizer, pairs, prompt_format, config.max_length)
     before_path = os.path.join(config.out, "eval_before.json")
@@ -71,7 +79,7 @@ def main(argv):
     train_settings = training.train_config(config, len(examples))
     print(f"training on {len(examples)} examples for {train_settings.steps} steps", flush=True)
     train_started = time.perf_counter()
-    result = train(base, examples, train_settings, config.out,
+    result = train(base, examples, train_settings, config.out, mesh=training.device_mesh(config),
                    on_step=lambda step, record: print(f"step {step}: loss {record['loss']:.4f}", flush=True))
     train_seconds = time.perf_counter() - train_started
     training.plot_training(result.records, config.out)

@@ -39,7 +39,7 @@ def resolved_config():
         jax.distributed.initialize()
     config = FLAGS.config
     with config.unlocked():
-        for name in config.keys():
+        for name in config:
             if name in FLAGS and FLAGS[name].present:
                 setattr(config, name, FLAGS[name].value)
     os.makedirs(config.out, exist_ok=True)

@@ -46,7 +46,7 @@ def main(argv):
     model = common.load_model(config)
     per_prompt = bool(config.top_k_from)
     if per_prompt:
-        ships = json.load(open(config.top_k_from))
+        ships = io.read_json(config.top_k_from)
         queries, prompts = ships["queries"], ships["prompts"]
         if config.limit:
             queries, prompts = queries[:config.limit], prompts[:config.limit]
@@ -56,7 +56,7 @@ def main(argv):
         prompts = common.format_queries(queries, config, model.tokenizer)
         heads = parse_heads(config.ablate)
         if config.ablate_from:
-            heads += [tuple(h) for h in json.load(open(config.ablate_from))["heads"]]
+            heads += [tuple(h) for h in io.read_json(config.ablate_from)["heads"]]
     if per_prompt and (config.ablate or config.ablate_from):
         raise DataError("--top_k_from cannot be combined with --ablate or --ablate_from")
     result = asr.evaluate(model, queries, prompts, heads, per_prompt=per_prompt, kind=config.ablation,

@@ -27,7 +27,7 @@ def main(argv):
     from jaxheads.sahara import SaharaStep, sahara
 
     config = common.resolved_config()
-    model, queries, prompts, settings = common.scan_inputs(config)
+    model, _, prompts, settings = common.scan_inputs(config)
     settings["rank"] = config.rank
     log = io.JsonlLog(os.path.join(config.out, "sahara.partial.jsonl"))
     done = common.resume_records(log, settings)
