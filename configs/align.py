@@ -13,7 +13,7 @@ def get_config():
     config.harmful = "builtin:harmful:train"  # prompts answered with refusals
     config.harmless = "builtin:harmless:train"  # prompts answered with the base model's own greedy answers
     config.train_limit = 0  # 0 = every training prompt of each set
-    config.harmless_repeats = 1  # each harmless pair appears this many times per epoch (against over-refusal)
+    config.harmless_repeats = 2  # each harmless pair appears this many times per epoch (against over-refusal)
     config.answer_tokens = 96  # greedy tokens for the base model's answers
     config.eval_harmful = "builtin:harmful:heldout"
     config.eval_harmless = "builtin:harmless:heldout"
@@ -25,6 +25,8 @@ def get_config():
     config.evaluate_before = True
     config.out = "runs/align"
     add_train_defaults(config)
-    config.epochs = 3.0
-    config.learning_rate = 5e-5
+    config.epochs = 1.0  # the measured recipe in the README: 45 steps of 8 on the built-in train splits
+    config.learning_rate = 1e-4
+    config.warmup_steps = 3
+    config.max_length = 96  # answers are cut to fit; the base model's harmless answers are up to 96 tokens
     return config

@@ -69,7 +69,7 @@ def test_align_then_finetune_end_to_end(tiny_chat_model, tmp_path):
                 "--batch_size=4", f"--advbench={advbench_like}", "--advbench_limit=2", "--eval_limit=3",
                 "--eval_tokens=8", f"--out={align_out}"))
     align = json.loads((align_out / "align.json").read_text())
-    assert align["steps"] == 2 and align["examples"] == 8
+    assert align["steps"] == 2 and align["examples"] == 4 * 2 + 4  # harmless pairs twice (harmless_repeats=2)
     sets = {"harmful_heldout", "harmless_heldout"} | ({"advbench"} if "advbench" in align["after"] else set())
     assert set(align["before"]) == set(align["after"]) == sets
     assert (align_out / "training.png").exists() and (align_out / "model" / "tokenizer.json").exists()
