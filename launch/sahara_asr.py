@@ -76,11 +76,12 @@ def main(argv):
            "random_draws": flags.FLAGS.random_draws, "seed": flags.FLAGS.seed}
     log = io.JsonlLog(os.path.join(config.out, "sahara_asr.partial.jsonl"))
     done = common.resume_records(log, run)
+    mesh = common.device_mesh(config)
     for index, (name, k, heads) in enumerate(settings):
         if index in done:
             continue
         result = asr.evaluate(model, queries, prompts, heads, kind=config.ablation, epsilon=config.epsilon,
-                              max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+                              max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, mesh=mesh)
         done[index] = {"index": index, "name": name, "k": k, "heads": [list(h) for h in heads], "asr": result.asr}
         log.append(done[index])
         print(f"[{index + 1}/{len(settings)}] {name} k={k} {heads}: ASR {result.asr:.3f}", flush=True)
