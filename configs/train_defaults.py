@@ -23,6 +23,7 @@ def add_train_defaults(config: ml_collections.ConfigDict) -> ml_collections.Conf
     config.max_length = 256
     config.fsdp = False  # also split each parameter's largest divisible axis over the mesh's data axis
     config.mesh = ""  # "data,model" device mesh, e.g. 4,2; "" = every device data-parallel
+    config.distributed = False  # multi-host: jax.distributed.initialize() first; only process 0 writes files
     config.seed = 0
     config.save_every = 50
     config.keep_checkpoints = 2

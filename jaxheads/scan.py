@@ -215,8 +215,8 @@ def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Inte
     num_ablations = ablations.q_scale.shape[0]
     kl = np.zeros((num_ablations, num_prompts), np.float32)
     if keep_gram:
-        hidden = replicate(jnp.zeros((num_ablations, num_prompts, model.config.hidden_size), jnp.float32), mesh)
-        base_hidden = replicate(jnp.zeros((num_prompts, model.config.hidden_size), jnp.float32), mesh)
+        hidden = replicate(np.zeros((num_ablations, num_prompts, model.config.hidden_size), np.float32), mesh)
+        base_hidden = replicate(np.zeros((num_prompts, model.config.hidden_size), np.float32), mesh)
     for batch, outputs in _iterate(graphdef, state, mesh, batches, chunks, progress):
         real = batch.indices >= 0
         columns = batch.indices[real]

@@ -16,6 +16,7 @@ from jaxheads.errors import JaxheadsError
 from jaxheads.loading import module_class
 from jaxheads.models import llama
 from jaxheads.models.config import GEMMA_FAMILY, ModelConfig
+from jaxheads.sharding import is_writer
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
@@ -110,8 +111,10 @@ def hf_tensors(cfg: ModelConfig, arrays: dict[str, np.ndarray]) -> dict[str, np.
 def export_safetensors(cfg: ModelConfig, arrays: dict[str, np.ndarray], directory: str | os.PathLike,
                        tokenizer=None) -> pathlib.Path:
     """Writes `config.json`, `model.safetensors` and the tokenizer (when given) into `directory`, replacing it
-    as a whole (a temporary sibling directory is written first and renamed)."""
+    as a whole (a temporary sibling directory is written first and renamed). Only process 0 writes."""
     directory = pathlib.Path(directory)
+    if not is_writer():
+        return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
