@@ -13,6 +13,16 @@ transformers = pytest.importorskip("transformers")
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
             max_position_embeddings=256, rms_norm_eps=1e-5, initializer_range=0.2)
 
+def padded_inputs(length: int, batch: int = 3, vocab: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random token ids `[batch, length]` and an attention mask with rows 1 and 2 left-padded (5 and 1 slots)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, vocab, (batch, length))
+    mask = np.ones((batch, length), bool)
+    mask[1, :5] = False
+    mask[2, :1] = False
+    return ids, mask
+
+
 TINY_CONFIGS = {
     "llama_mha": lambda: transformers.LlamaConfig(**TINY, num_key_value_heads=4, tie_word_embeddings=False),
     "llama_gqa_llama3_rope_tied": lambda: transformers.LlamaConfig(

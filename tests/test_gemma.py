@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import TINY, hf_logits
+from conftest import TINY, hf_logits, padded_inputs
 from flax import nnx
 
 import jaxheads
@@ -61,19 +61,10 @@ def gemma_checkpoint(tmp_path_factory):
     return get
 
 
-def _inputs(batch=3, length=12, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(3, 128, (batch, length))
-    mask = np.ones((batch, length), bool)
-    mask[1, :5] = False  # left padding
-    mask[2, :1] = False
-    return ids, mask
-
-
 @pytest.mark.parametrize("name", sorted(GEMMA_CONFIGS))
 def test_float32_logits_match_transformers(gemma_checkpoint, name):
     hf_model, model = gemma_checkpoint(name)
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(12)
     ours = np.asarray(jaxheads.forward(model, ids, mask))
     ref = hf_logits(hf_model, ids, mask)
     assert ours.shape == ref.shape == (3, 12, 128)
@@ -84,7 +75,7 @@ def test_bfloat16_weights_close_to_float32(gemma_checkpoint, tmp_path):
     hf_model, model = gemma_checkpoint("gemma3_qk_norm_local_global")
     hf_model.save_pretrained(tmp_path)
     half_model = jaxheads.load(tmp_path, dtype="bfloat16")
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(12)
     full = np.asarray(jaxheads.forward(model, ids, mask))
     half = np.asarray(jaxheads.forward(half_model, ids, mask))
     assert half.dtype == np.float32 and half_model.module.embed_tokens(ids).dtype == jax.numpy.bfloat16
@@ -131,7 +122,7 @@ def test_multimodal_gemma3_checkpoint_loads_its_text_decoder(gemma_checkpoint):
                for name, value in hf_model.state_dict().items()]
     tensors.append(("model.vision_tower.patch_embedding.weight", np.zeros((2, 2), np.float32)))
     module = module_from_tensors(cfg, tensors)
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(12)
     np.testing.assert_array_equal(np.asarray(module(ids, mask)), np.asarray(model.module(ids, mask)))
 
 
@@ -169,7 +160,7 @@ def test_partial_multimodal_gemma3_config_loads_its_text_decoder(tmp_path, prefi
     cfg = model.config
     assert cfg.local_layers == tuple((i + 1) % 6 != 0 for i in range(7)) and cfg.eos_token_ids == (1, 106)
     assert (cfg.query_pre_attn_scalar, cfg.rope_theta, cfg.local_rope_theta, cfg.rope_factor) == (256, 1e6, 1e4, 2.0)
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(12)
     np.testing.assert_allclose(np.asarray(jaxheads.forward(model, ids, mask))[mask], hf_logits(hf_model, ids, mask)[mask],
                                atol=1e-4, rtol=0)
 
@@ -183,7 +174,7 @@ def test_export_loads_in_jaxheads_and_transformers(gemma_checkpoint, tmp_path, n
     _, model = gemma_checkpoint(name)
     weights = {key: np.asarray(value) * 1.01 for key, value in nnx.to_pure_dict(model.params).items()}
     export_safetensors(model.config, weights, tmp_path / "export")
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(12)
     expected = np.asarray(jaxheads.forward(trained_model(model, weights), ids, mask))
     reloaded = jaxheads.load(tmp_path / "export")
     assert reloaded.config == model.config
@@ -222,7 +213,7 @@ def test_intervention_matches_transformers_hook(gemma_checkpoint, kind):
     hf_model, model = gemma_checkpoint("gemma3_qk_norm_local_global")
     cfg = model.config
     layer, head, d = 1, 3, cfg.head_dim
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(12)
     attention = hf_model.model.layers[layer].self_attn
 
     def zero_o_proj_input(_, args):  # [B, T, N*d]
@@ -271,7 +262,7 @@ def test_ships_scan_equals_one_head_at_a_time_loop(gemma_checkpoint):
 def test_sink_attention_matches_transformers_eager(gemma_checkpoint):
     """Sink attention through soft-capped local and global layers equals the eager attention maps' column."""
     hf_model, model = gemma_checkpoint("gemma2_softcap_sliding")
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(12)
     ours = np.asarray(jax.jit(sink.sink_attention)(model.module, ids, mask))
     mask_t = torch.tensor(mask, dtype=torch.long)
     with torch.no_grad():

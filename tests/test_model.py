@@ -7,24 +7,15 @@ import pytest
 import torch
 
 import jaxheads
-from conftest import TINY_CONFIGS, hf_logits
+from conftest import TINY_CONFIGS, hf_logits, padded_inputs
 from jaxheads import interventions as iv
-
-
-def _inputs(batch=3, length=14, vocab=128, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(3, vocab, (batch, length))
-    mask = np.ones((batch, length), bool)
-    mask[1, :5] = False  # left padding
-    mask[2, :1] = False
-    return ids, mask
 
 
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
 def test_float32_logits_match_transformers(tiny_checkpoint, name):
     hf_model, directory = tiny_checkpoint(name)
     model = jaxheads.load(directory)
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(14)
     ours = np.asarray(jaxheads.forward(model, ids, mask))
     ref = hf_logits(hf_model, ids, mask)
     assert ours.shape == ref.shape == (3, 14, 128)
@@ -33,7 +24,7 @@ def test_float32_logits_match_transformers(tiny_checkpoint, name):
 
 def test_bfloat16_weights_close_to_float32(tiny_checkpoint):
     _, directory = tiny_checkpoint("llama_gqa_llama3_rope_tied")
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(14)
     full = np.asarray(jaxheads.forward(jaxheads.load(directory), ids, mask))
     half_model = jaxheads.load(directory, dtype="bfloat16")
     assert half_model.module.q[...].dtype == jnp.bfloat16
@@ -79,7 +70,7 @@ def test_intervention_matches_transformers_hook(tiny_checkpoint, kind):
     model = jaxheads.load(directory)
     cfg = model.config
     layer, head = 1, 3
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(14)
     rewrite = _head_rewrite(head, cfg.head_dim, HEAD_REWRITES[kind](head))
     target, pre = ("q_proj", False) if kind == "ua" else ("o_proj", True)
     ref = _run_hooked(hf_model, ids, mask, layer, target, rewrite, pre)
@@ -96,7 +87,7 @@ def test_query_scale_acts_after_qk_norm(tiny_checkpoint):
     hf_model, directory = tiny_checkpoint("qwen3_qk_norm")
     model = jaxheads.load(directory)
     cfg = model.config
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(14)
     layer, head = 1, 2
     heads = iv.ablate([(layer, head)], cfg.num_layers, cfg.num_heads, "ua", epsilon=0.0)
     ours = np.asarray(jaxheads.forward(model, ids, mask, heads))
@@ -142,7 +133,7 @@ def test_zero_query_scale_is_uniform_in_jaxheads(tiny_checkpoint):
     model = jaxheads.load(directory)
     cfg, module = model.config, model.module
     layer, head = 1, 2
-    ids = jnp.asarray(_inputs()[0][:1])
+    ids = jnp.asarray(padded_inputs(14)[0][:1])
     mask = jnp.ones(ids.shape, bool)
     positions, attn_mask = positions_from_mask(mask), attention_mask_for_prompt(cfg, mask)
     inputs = module.run_layers(module.embed_tokens(ids), positions, attn_mask, collect_inputs=True).inputs
@@ -167,7 +158,7 @@ def test_vmapped_interventions_equal_one_by_one(tiny_checkpoint):
     _, directory = tiny_checkpoint("qwen2_bias")
     model = jaxheads.load(directory)
     cfg = model.config
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(14)
     batch = jax.tree.map(lambda a: a[::3], iv.single_heads(cfg.num_layers, cfg.num_heads, "ua", 1e-5))
     batched = jax.vmap(lambda heads: jaxheads.forward(model, ids, mask, heads))(batch)
     for i in range(batch.q_scale.shape[0]):
@@ -178,7 +169,7 @@ def test_vmapped_interventions_equal_one_by_one(tiny_checkpoint):
 def test_identity_interventions_change_nothing(tiny_checkpoint):
     _, directory = tiny_checkpoint("mistral_sliding")
     model = jaxheads.load(directory)
-    ids, mask = _inputs()
+    ids, mask = padded_inputs(14)
     plain = jaxheads.forward(model, ids, mask)
     ones = jaxheads.forward(model, ids, mask, iv.identity(model.num_layers, model.num_heads, with_mean=True))
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(ones))
@@ -189,7 +180,7 @@ def test_run_layers_from_any_layer_matches_full_pass(tiny_checkpoint):
     _, directory = tiny_checkpoint("llama_mha")
     model = jaxheads.load(directory)
     module, cfg = model.module, model.config
-    ids, mask = (jnp.asarray(a) for a in _inputs())
+    ids, mask = (jnp.asarray(a) for a in padded_inputs(14))
     from jaxheads.models.llama import attention_mask_for_prompt, positions_from_mask
 
     positions, attn_mask = positions_from_mask(mask), attention_mask_for_prompt(cfg, mask)
