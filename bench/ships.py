@@ -5,6 +5,7 @@ head, and transformers with a hook scaling one head's query per forward, the way
 measured in the same run.
 
     python bench/ships.py [--model smollm2|gemma3-270m] [--prompts 16] [--batch 16] [--chunk 9] [--loop_prompts 1]
+    python bench/ships.py --bf16 --ranking_only   # only the float32 and bfloat16 scans and their rank agreement
 """
 
 from __future__ import annotations
@@ -71,32 +72,10 @@ def torch_reference_seconds_per_prompt(gguf_path: pathlib.Path, prompt: str, tok
     return time.perf_counter() - started
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(PACKAGED_MODELS),
-                        help="packaged GGUF model to scan")
-    parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--chunk", type=int, default=9)
-    parser.add_argument("--loop_prompts", type=int, default=1, help="prompts timed in the one-by-one loops")
-    parser.add_argument("--skip_torch", action="store_true")
-    parser.add_argument("--bf16", action="store_true", help="also scan in bfloat16; report Spearman vs float32")
-    args = parser.parse_args()
-    from jaxheads.weights import gguf
-
-    started = time.perf_counter()
-    model = jaxheads.load(args.model)
-    print(f"model: {model.name}; jaxheads.load {time.perf_counter() - started:.1f} s")
+def timing_and_loops(args, model, prompts, batches, cold: float, peak: float) -> None:
+    """Prints the warm scan time, achieved GFLOP/s against `peak`, and the speed-up over one-head-at-a-time loops."""
     cfg = model.config
     heads = cfg.num_layers * cfg.num_heads
-    prompts = [format_prompt(q, "template") for q in advbench(args.prompts)]
-    batches = scan.make_batches(model, prompts, args.batch)
-    print(f"machine: {machine()}")
-    peak = matmul_peak_gflops()
-    print(f"float32 matmul peak (2048² jnp matmul): {peak:.1f} GFLOP/s")
-    started = time.perf_counter()
-    scores = ships.query_level(model, prompts, "ua", batch_size=args.batch, chunk_size=args.chunk)
-    cold = time.perf_counter() - started
     warm = best_time(lambda: ships.query_level(model, prompts, "ua", batch_size=args.batch,
                                                chunk_size=args.chunk), repeats=1)
     flops = scan_flops(cfg, batches)
@@ -126,10 +105,43 @@ def main():
     loop = best_time(one_by_one, repeats=1) / len(loop_prompts)
     print(f"jaxheads.forward one head at a time: {loop:.2f} s/prompt -> scan speed-up {loop / (warm / args.prompts):.1f}x")
     if not args.skip_torch:
+        from jaxheads.weights import gguf
+
         gguf_path = getattr(gguf, PACKAGED_MODELS[args.model][0])()
         reference = torch_reference_seconds_per_prompt(gguf_path, loop_prompts[0], model.tokenizer, 1e-5)
         print(f"transformers one head at a time (query hook, reference-style loop): {reference:.2f} s/prompt -> "
               f"scan speed-up {reference / (warm / args.prompts):.1f}x")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(PACKAGED_MODELS),
+                        help="packaged GGUF model to scan")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--chunk", type=int, default=9)
+    parser.add_argument("--loop_prompts", type=int, default=1, help="prompts timed in the one-by-one loops")
+    parser.add_argument("--skip_torch", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="also scan in bfloat16; report Spearman vs float32")
+    parser.add_argument("--ranking_only", action="store_true",
+                        help="skip the warm repeat and the one-head-at-a-time loops (for the --bf16 ranking check)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    model = jaxheads.load(args.model)
+    print(f"model: {model.name}; jaxheads.load {time.perf_counter() - started:.1f} s")
+    cfg = model.config
+    heads = cfg.num_layers * cfg.num_heads
+    prompts = [format_prompt(q, "template") for q in advbench(args.prompts)]
+    batches = scan.make_batches(model, prompts, args.batch)
+    print(f"machine: {machine()}")
+    peak = matmul_peak_gflops()
+    print(f"float32 matmul peak (2048² jnp matmul): {peak:.1f} GFLOP/s")
+    started = time.perf_counter()
+    scores = ships.query_level(model, prompts, "ua", batch_size=args.batch, chunk_size=args.chunk)
+    cold = time.perf_counter() - started
+    print(f"float32 scan of {args.prompts} prompts x {heads} heads (with compilation): {cold:.1f} s")
+    if not args.ranking_only:
+        timing_and_loops(args, model, prompts, batches, cold, peak)
     top = np.unravel_index(np.argmax(scores.mean(0)), scores.shape[1:])
     print(f"top mean Ships head: {tuple(int(i) for i in top)}")
     if args.bf16:
@@ -138,9 +150,13 @@ def main():
         half_scores = ships.query_level(half, prompts, "ua", batch_size=args.batch, chunk_size=args.chunk)
         seconds = time.perf_counter() - started
         rho = spearman(scores.mean(0).ravel(), half_scores.mean(0).ravel())
+        per_prompt = np.mean([spearman(full, bf) for full, bf in zip(scores.reshape(len(prompts), -1),
+                                                                       half_scores.reshape(len(prompts), -1))])
         top_half = np.unravel_index(np.argmax(half_scores.mean(0)), scores.shape[1:])
+        top10 = len(set(np.argsort(-scores.mean(0).ravel())[:10]) & set(np.argsort(-half_scores.mean(0).ravel())[:10]))
         print(f"bfloat16 scan (with compilation) {seconds:.1f} s; Spearman of mean scores over {heads} heads vs "
-              f"float32: {rho:.4f}; top head {tuple(int(i) for i in top_half)}")
+              f"float32: {rho:.4f} (per prompt, averaged: {per_prompt:.4f}); top head "
+              f"{tuple(int(i) for i in top_half)}; top-10 heads shared: {top10}/10")
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
