@@ -45,11 +45,15 @@ def model_answers(model, queries: Sequence[str], prompt_format: str, cache_path:
     cached = {record["query"]: record["answer"] for record in log.read()
               if {key: record.get(key) for key in settings} == settings}
     missing = [query for query in dict.fromkeys(queries) if query not in cached]
-    for start in range(0, len(missing), batch_size):
+    starts = range(0, len(missing), batch_size)
+    if progress and missing:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"{model.name} answers", unit=f"batch of {batch_size}")
+    for start in starts:
         chunk = missing[start:start + batch_size]
         prompts = [format_prompt(query, prompt_format, model.tokenizer) for query in chunk]
-        generation = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              progress=progress)
+        generation = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
         for query, text, tokens in zip(chunk, generation.texts, generation.tokens):
             answer = trim_to_sentence(text) if len(tokens) >= max_new_tokens else text.strip()
             log.append({**settings, "query": query, "answer": answer})
