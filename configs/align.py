@@ -21,7 +21,7 @@ def get_config():
     config.advbench_limit = 100
     config.eval_limit = 0  # 0 = every held-out prompt
     config.eval_tokens = 64
-    config.eval_batch_size = 16
+    config.eval_batch_size = 64  # 1.5x the generation throughput of 16 on the 2-core CPU (README)
     config.evaluate_before = True
     config.out = "runs/align"
     add_train_defaults(config)

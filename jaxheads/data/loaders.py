@@ -1,8 +1,9 @@
 """Prompt sets from the built-in files, local .csv/.json/.jsonl/.txt files, or `datasets` hub ids.
 
-Built-in sets (`builtin:harmful`, `builtin:harmless`) hold 180 requests each, 18 per category, written for this
-project. Within each category, in file order, every third request (positions 2, 5, 8, ...) is `heldout` and the
-rest are `train`, so each category splits 12 / 6.
+Built-in sets written for this project: `builtin:harmful` holds 180 requests (18 per category), `builtin:harmless`
+270 (27 per category; its last 9 per category are mostly imperative requests, "Write ...", "Make ...", so that
+the form of a request does not tell harmful from harmless). Within each category, in file order, every third
+request (positions 2, 5, 8, ...) is `heldout` and the rest are `train`: 120 / 60 harmful and 180 / 90 harmless.
 """
 
 from __future__ import annotations
