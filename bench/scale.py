@@ -1,6 +1,6 @@
 """One Sahara step at Llama-2-7B shape (32 layers x 32 heads, d_model 4096) on a randomly initialised model,
-so no download is needed: seconds per step over P prompts of ~T tokens, heads·prompts/s, and achieved
-TFLOP/s next to the device's measured matmul peak.
+so no download is needed: seconds per step over P prompts of ~T tokens, heads·prompts/s, achieved TFLOP/s next
+to the device's measured matmul peak, and peak memory (the device's, where it reports it, and the host's).
 
     python bench/scale.py --shape=7b --prompts=100 --tokens=20            # on a GPU
     python bench/scale.py --shape=small --prompts=16 --tokens=20          # a scaled-down shape for a CPU
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import resource
 import sys
 import time
 
@@ -25,6 +26,7 @@ from jaxheads.loading import Model
 from jaxheads.models.config import ModelConfig
 from jaxheads.models.llama import Llama
 from jaxheads.sahara import sahara
+from jaxheads.scan import ablation_bytes
 
 SHAPES = {
     "7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
@@ -85,6 +87,15 @@ def main():
           f"{flops / warm / 1e12:.3g} TFLOP/s = {100 * flops / warm / (peak * 1e9):.0f}% of the "
           f"measured matmul peak")
     print(f"  chosen heads {result.heads}")
+    rows = args.batch or args.prompts
+    estimate = args.chunk * ablation_bytes(cfg, rows, padded, jnp.dtype(dtype).itemsize)
+    stats = jax.devices()[0].memory_stats() or {}
+    device_peak = (f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB" if "peak_bytes_in_use" in stats
+                   else "not reported by this device")
+    print(f"  peak memory: device {device_peak}; host max RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; weights "
+          f"{sum(x.nbytes for x in jax.tree.leaves(nnx.state(module))) / 2**30:.2f} GiB; estimated activations of "
+          f"one chunk of {args.chunk} ablations (scan.ablation_bytes) {estimate / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":
