@@ -25,8 +25,8 @@ def get_config():
     config.evaluate_before = True
     config.out = "runs/align"
     add_train_defaults(config)
-    config.epochs = 1.0  # the measured recipe in the README: 45 steps of 8 on the built-in train splits
+    config.epochs = 2.0  # the measured recipe in the README (run 5): 118 steps of 8 on the built-in train splits
     config.learning_rate = 1e-4
     config.warmup_steps = 3
-    config.max_length = 96  # answers are cut to fit; the base model's harmless answers are up to 96 tokens
+    config.max_length = 64  # answers are cut to fit: the base model's harmless answers lose their tails
     return config
