@@ -87,8 +87,7 @@ def main():
           f"{flops / warm / 1e12:.3g} TFLOP/s = {100 * flops / warm / (peak * 1e9):.0f}% of the "
           f"measured matmul peak")
     print(f"  chosen heads {result.heads}")
-    rows = args.batch or args.prompts
-    estimate = args.chunk * ablation_bytes(cfg, rows, padded, jnp.dtype(dtype).itemsize)
+    estimate = args.chunk * ablation_bytes(cfg, batch, padded, jnp.dtype(dtype).itemsize)
     stats = jax.devices()[0].memory_stats() or {}
     device_peak = (f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB" if "peak_bytes_in_use" in stats
                    else "not reported by this device")

@@ -79,7 +79,7 @@ def main(argv):
     train_settings = training.train_config(config, len(examples))
     print(f"training on {len(examples)} examples for {train_settings.steps} steps", flush=True)
     train_started = time.perf_counter()
-    result = train(base, examples, train_settings, config.out, mesh=training.device_mesh(config),
+    result = train(base, examples, train_settings, config.out, mesh=common.device_mesh(config),
                    on_step=lambda step, record: print(f"step {step}: loss {record['loss']:.4f}", flush=True))
     train_seconds = time.perf_counter() - train_started
     training.plot_training(result.records, config.out)

@@ -69,14 +69,14 @@ def main(argv):
     print(f"fine-tuning on {len(examples)} samples ({num_harmful} harmful) for {settings.steps} steps, "
           f"surgery_lambda={settings.surgery_lambda}", flush=True)
     result = train(model, examples, settings, config.out, pairs, on_step=report,
-                   mesh=training.device_mesh(config))
+                   mesh=common.device_mesh(config))
     training.plot_training(result.records, config.out)
     tuned = trained_model(model, result.weights, config.dtype)
     harm = training.refusal_eval(tuned, config.eval_harmful, config,
                                  os.path.join(config.out, "generations_harmful.jsonl"), config.eval_limit)
     answers = jaxheads.generate(tuned, [format_prompt(p.question, fmt, tuned.tokenizer) for p in heldout],
                                 max_new_tokens=config.eval_tokens, batch_size=config.eval_batch_size, progress=True,
-                                mesh=training.device_mesh(config))
+                                mesh=common.device_mesh(config))
     accuracy = arithmetic_accuracy(heldout, answers.texts)
     counts = [[record["step"], record["positive_heads"]] for record in result.records if "positive_heads" in record]
     output = {"hs": harm["asr"], "fa": accuracy, "harmful_ratio": config.harmful_ratio,

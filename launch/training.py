@@ -10,6 +10,8 @@ import os
 from absl import flags, logging
 from ml_collections import config_flags
 
+from launch import common
+
 _FLAG_KINDS = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float,
                str: flags.DEFINE_string}
 
@@ -41,13 +43,6 @@ def train_config(config, num_examples: int):
     return train
 
 
-def device_mesh(config):
-    """The `(data, model)` mesh of `config.mesh` ("" = every device data-parallel)."""
-    from jaxheads.sharding import parse_mesh
-
-    return parse_mesh(config.mesh)
-
-
 def refusal_eval(model, source: str, config, out_path: str, limit: int = 0, prompt_format: str | None = None) -> dict:
     """Greedy responses to the prompts of `source` judged by the keyword judge: `{"asr", "refusal_rate", "n"}`.
     The responses are written to `out_path` (JSONL)."""
@@ -60,7 +55,7 @@ def refusal_eval(model, source: str, config, out_path: str, limit: int = 0, prom
     prompt_format = prompt_format or config.prompt_format
     prompts = [format_prompt(query, prompt_format, model.tokenizer) for query in queries]
     result = asr.evaluate(model, queries, prompts, max_new_tokens=config.eval_tokens,
-                          batch_size=config.eval_batch_size, progress=True, mesh=device_mesh(config))
+                          batch_size=config.eval_batch_size, progress=True, mesh=common.device_mesh(config))
     io.atomic_write_text(out_path, "".join(json.dumps(record) + "\n" for record in result.records))
     return {"asr": result.asr, "refusal_rate": 1 - result.asr, "n": result.n}
 
