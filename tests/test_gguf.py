@@ -1,5 +1,6 @@
 """GGUF reading: tiny random `transformers` models written as GGUF the way llama.cpp's converter writes them,
-the embedded SmolLM2 GGUF against `transformers`' own GGUF loader, and the errors for files jaxheads cannot read."""
+the embedded SmolLM2 GGUF (and Gemma-3-270M when installed) against `transformers`' own GGUF loader, and the
+errors for files jaxheads cannot read."""
 
 import math
 
@@ -12,6 +13,7 @@ import transformers
 import jaxheads
 from conftest import hf_logits
 from jaxheads.errors import LoadError
+from jaxheads.loading import PACKAGED_MODELS
 from jaxheads.models.config import config_from_hf
 from jaxheads.weights import gguf as gguf_weights
 from jaxheads.weights.gguf import default_gguf_path, load_gguf_tokenizer, read_gguf
@@ -38,6 +40,19 @@ CASES = {
     "gemma3": ("gemma3", "tiny-gemma3", lambda: transformers.Gemma3TextConfig(**SMALL, head_dim=16,
                                                                                sliding_window=32)),
 }
+# Texts on which a tokenizer must agree with transformers': scripts, emoji, code, runs of spaces and newlines,
+# and special tokens written in the text (SmolLM2's, Gemma's and the byte-level test vocabulary's)
+TOKENIZER_TEXTS = [
+    "How do I bake bread? Answer in 3 steps.", "Hello, world!", "café naïve Ångström cafe\u0301 façade",
+    "emoji 😀🎉👍🏽 and a flag 🇫🇷", "中文测试，日本語のテキスト、한국어 문장", "def f(x):\n\treturn x ** 2  # square\n",
+    " leading space", "   three leading spaces", "multiple   inner    spaces", "trailing spaces   ",
+    "line one\n\nline three\r\nend\n", "", " ", "\n", "1234567890 3.14159 1e-5",
+    "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n", "<|endoftext|>",
+    "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n", "<eos><pad>",
+]
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Héllo 😀\n  two  spaces"},
+        {"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "中文?"}]
+
 CONFIG_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "bos_token_id",
                  "eos_token_id", "pad_token_id", "tie_word_embeddings")
@@ -91,12 +106,48 @@ def llama_cpp_rope_freqs(head_dim: int, theta: float, scaling: dict) -> np.ndarr
     return np.asarray(divisors, np.float32)
 
 
-def write_gguf(path, model, arch: str, name: str, qtype=F32, rope_freqs: np.ndarray | None = None) -> None:
+def byte_level_tokenizer() -> dict:
+    """A GPT-2-style byte-level BPE vocabulary as llama.cpp writes one (`tokenizer.ggml.*`), Qwen2's pre-tokenizer:
+    three control tokens, the 256 byte symbols and the tokens of a few merges (one of them merging the two bytes of
+    a precomposed "é", so that text with and without Unicode normalization tokenizes differently)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    merges = ["h e", "l l", "he ll", "Ġ w", "c a", "ca f", "Ã ©"]
+    controls = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokens = controls + list(bytes_to_unicode().values()) + [merge.replace(" ", "") for merge in merges]
+    return {"model": "gpt2", "pre": "qwen2", "tokens": tokens, "merges": merges,
+            "token_types": [3] * len(controls) + [1] * (len(tokens) - len(controls)),
+            "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"}
+
+
+def sentencepiece_tokenizer() -> dict:
+    """A sentencepiece (llama.cpp "llama") vocabulary: <unk>, <s>, </s>, the 256 byte-fallback tokens and a few
+    pieces ranked by score, and no add_bos_token flag (which llama.cpp then takes as true)."""
+    pieces = ["▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "▁he", "ll", "▁hell", "▁w", "or", "ld"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{byte:02X}>" for byte in range(256)] + pieces
+    return {"model": "llama", "tokens": tokens, "unk_token_id": 0,
+            "scores": [0.0] * (len(tokens) - len(pieces)) + [-float(rank) for rank in range(len(pieces))],
+            "token_types": [2, 3, 3] + [6] * 256 + [1] * len(pieces)}  # unknown, control, byte, normal
+
+
+def write_gguf(path, model, arch: str, name: str, qtype=F32, rope_freqs: np.ndarray | None = None,
+               tokenizer: dict | None = None) -> None:
     """Writes `model` as llama.cpp's converter would: gguf's own HF -> GGUF name map, Q/K rows permuted for
-    llama, Gemma norms stored as w + 1, 2-D weights quantized to `qtype`, 1-D tensors in F32."""
+    llama, Gemma norms stored as w + 1, 2-D weights quantized to `qtype`, 1-D tensors in F32; and the tokenizer
+    metadata of `tokenizer` (as `byte_level_tokenizer` or `sentencepiece_tokenizer` gives it), if any."""
     config = model.config
     writer = gguf.GGUFWriter(path, arch)
     writer.add_name(name)
+    if tokenizer is not None:
+        writer.add_tokenizer_model(tokenizer["model"])
+        writer.add_token_list(tokenizer["tokens"])
+        writer.add_token_types(tokenizer["token_types"])
+        for key, add in (("pre", writer.add_tokenizer_pre), ("merges", writer.add_token_merges),
+                         ("scores", writer.add_token_scores), ("unk_token_id", writer.add_unk_token_id),
+                         ("chat_template", writer.add_chat_template)):
+            if key in tokenizer:
+                add(tokenizer[key])
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -281,6 +332,76 @@ def test_smollm2_tokenizer(smollm2_path):
     chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                          tokenize=False)
     assert prompt in chat and chat.endswith("<|im_start|>assistant\n")
+
+
+# ---- tokenizers built from GGUF metadata against transformers' GGUF tokenizer ----
+
+def assert_same_tokenizer(ours, theirs) -> None:
+    """Same class, vocabulary, special tokens, BOS/EOS flags and padding side; the same ids (with and without
+    special tokens) and decodings of every `TOKENIZER_TEXTS` text; the same chat template and rendered chat."""
+    assert type(ours) is type(theirs)
+    assert ours.get_vocab() == theirs.get_vocab()
+    assert ours.added_tokens_decoder == theirs.added_tokens_decoder
+    for attribute in ("bos_token", "eos_token", "pad_token", "unk_token", "bos_token_id", "eos_token_id",
+                      "pad_token_id", "unk_token_id", "add_bos_token", "add_eos_token", "padding_side",
+                      "all_special_tokens", "chat_template"):
+        assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
+    for text in TOKENIZER_TEXTS:
+        for special in (True, False):
+            ids = ours(text, add_special_tokens=special).input_ids
+            assert ids == theirs(text, add_special_tokens=special).input_ids, (text, special)
+            for skip in (True, False):
+                assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip)
+    if theirs.chat_template is not None:
+        for generation_prompt in (True, False):
+            rendered = ours.apply_chat_template(CHAT, add_generation_prompt=generation_prompt, tokenize=False)
+            assert rendered == theirs.apply_chat_template(CHAT, add_generation_prompt=generation_prompt,
+                                                          tokenize=False)
+            assert ours(rendered).input_ids == theirs(rendered).input_ids
+
+
+def packaged_gguf(name: str):
+    """The GGUF file of a packaged model (`jaxheads.loading.PACKAGED_MODELS`), or a skip if it is not installed."""
+    try:
+        return getattr(gguf_weights, PACKAGED_MODELS[name][0])()
+    except LoadError as error:
+        pytest.skip(str(error))
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma3-270m"])
+def test_packaged_tokenizer_equals_transformers_gguf_tokenizer(name):
+    path = packaged_gguf(name)
+    ours = load_gguf_tokenizer(path)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    assert_same_tokenizer(ours, theirs)
+    if name == "smollm2":  # the ids the model was trained with (SmolLM2's chat tokens, no BOS)
+        assert (ours.bos_token, ours.eos_token, ours.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+        assert ours("<|im_start|>user").input_ids[0] == 1 and ours.chat_template.startswith("{% for message")
+
+
+@pytest.mark.parametrize("case,tokenizer,hello", [
+    ("qwen2", byte_level_tokenizer, ["hell", "o"]),  # Qwen2Tokenizer around a byte-level BPE
+    ("llama", sentencepiece_tokenizer, ["<s>", "▁hell", "o"]),  # sentencepiece, BOS added by default
+])
+def test_small_tokenizers_equal_transformers_gguf_tokenizer(tmp_path, case, tokenizer, hello):
+    arch, name, _ = CASES[case]
+    write_gguf(tmp_path / f"{case}.gguf", tiny_model(case), arch, name, tokenizer=tokenizer())
+    ours = load_gguf_tokenizer(tmp_path / f"{case}.gguf")
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=f"{case}.gguf")
+    assert_same_tokenizer(ours, theirs)
+    assert ours.convert_ids_to_tokens(ours("hello").input_ids) == hello
+
+
+def test_gguf_without_tokenizer_metadata_has_no_tokenizer(tmp_path):
+    write_gguf(tmp_path / "llama.gguf", tiny_model("llama"), "llama", "tiny-llama")
+    assert load_gguf_tokenizer(tmp_path / "llama.gguf") is None
+
+
+def test_unknown_tokenizer_model_is_a_load_error(tmp_path):
+    tokenizer = {**byte_level_tokenizer(), "model": "no-such-model"}
+    write_gguf(tmp_path / "odd.gguf", tiny_model("qwen2"), "qwen2", "tiny-qwen2", tokenizer=tokenizer)
+    with pytest.raises(LoadError, match=f"could not build the 'no-such-model' tokenizer of {tmp_path}/odd.gguf"):
+        load_gguf_tokenizer(tmp_path / "odd.gguf")
 
 
 # ---- errors ----

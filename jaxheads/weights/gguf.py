@@ -1,5 +1,5 @@
-"""Reads GGUF checkpoints (llama.cpp's format) as a Hugging Face `config.json`-style dict and float32 tensors
-under Hugging Face names and layouts, with `gguf` and numpy only (no PyTorch).
+"""Reads GGUF checkpoints (llama.cpp's format) as a Hugging Face `config.json`-style dict, float32 tensors under
+Hugging Face names and layouts, and a `transformers` tokenizer, with `gguf`, numpy and `tokenizers` (no PyTorch).
 
 Each family has one table from GGUF tensor names to Hugging Face names (`LLAMA_NAMES`, ...) and one row in
 `FAMILIES` saying how its GGUF tensors differ from Hugging Face's (llama.cpp's Q/K row order, Gemma's norm
@@ -108,6 +108,10 @@ class GGUFTensors(Mapping[str, np.ndarray]):
     def __contains__(self, name: object) -> bool:  # without dequantizing
         return name in self._tensors
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of a tensor, without dequantizing it (the conversion to Hugging Face's layout keeps shapes)."""
+        return tuple(int(size) for size in reversed(self._tensors[name].shape))
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._tensors)
 
@@ -126,24 +130,25 @@ class GGUFCheckpoint:
     tensors: GGUFTensors
     architecture: str  # GGUF `general.architecture`
     quant_types: set[str]  # ggml types of the file's tensors, e.g. {"Q4_1", "Q8_0", "F32"}
+    metadata: GGUFMetadata
+    path: pathlib.Path
+
+    def tokenizer_recipe(self) -> TokenizerRecipe | None:
+        """How to build the file's tokenizer (see `tokenizer_recipe`), from the metadata already read."""
+        return tokenizer_recipe(self.metadata, self.path, self.config["model_type"])
+
+    def tokenizer(self):
+        """The file's `transformers` tokenizer, chat template included; None if the file has none."""
+        recipe = self.tokenizer_recipe()
+        return None if recipe is None else recipe.tokenizer()
 
 
 def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
     """Reads a GGUF file's config and tensor index; tensors are dequantized to float32 when looked up."""
     path = _checked_path(path)
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as error:  # the parser raises several kinds for a truncated or damaged file
-        raise LoadError(f"{path} is not a readable GGUF file: {error}") from error
-    metadata = _Metadata(reader)
-    architecture = metadata.required("general.architecture")
-    family_key = architecture
-    if architecture == "llama" and "mistral" in str(metadata.get("general.name", "")).lower():
-        family_key = "mistral"
-    if family_key not in FAMILIES:
-        raise LoadError(f"{path} holds a GGUF architecture {architecture!r}, which jaxheads cannot read; "
-                        f"supported: {', '.join(FAMILIES)}")
-    family = FAMILIES[family_key]
+    reader = _reader(path)
+    metadata = GGUFMetadata(reader)
+    family = _family(metadata, path)
     by_name = {tensor.name: tensor for tensor in reader.tensors}
     supported = dequantizable_types()
     for tensor in reader.tensors:
@@ -159,11 +164,33 @@ def read_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
         if pattern not in family.names:
             raise LoadError(f"unexpected tensor {name!r} in {path}: not part of a GGUF {family.model_type} model")
         hf_tensors[family.names[pattern].format(i=layer)] = tensor
+    architecture = metadata.required("general.architecture")
     config = _hf_config(metadata, architecture, family, by_name, path)
     convert = functools.partial(_hf_tensor, family=family, num_heads=config["num_attention_heads"],
                                 num_kv_heads=config["num_key_value_heads"])
     return GGUFCheckpoint(config=config, tensors=GGUFTensors(hf_tensors, convert), architecture=architecture,
-                          quant_types={tensor.tensor_type.name for tensor in reader.tensors})
+                          quant_types={tensor.tensor_type.name for tensor in reader.tensors}, metadata=metadata,
+                          path=path)
+
+
+def _reader(path: pathlib.Path) -> gguf.GGUFReader:
+    """A `gguf.GGUFReader` of a file that starts with the GGUF magic bytes."""
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as error:  # the parser raises several kinds for a truncated or damaged file
+        raise LoadError(f"{path} is not a readable GGUF file: {error}") from error
+
+
+def _family(metadata: GGUFMetadata, path: pathlib.Path) -> Family:
+    """The model family of a GGUF file, from its architecture (and, for Mistral, its name)."""
+    architecture = metadata.required("general.architecture")
+    family_key = architecture
+    if architecture == "llama" and "mistral" in str(metadata.get("general.name", "")).lower():
+        family_key = "mistral"
+    if family_key not in FAMILIES:
+        raise LoadError(f"{path} holds a GGUF architecture {architecture!r}, which jaxheads cannot read; "
+                        f"supported: {', '.join(FAMILIES)}")
+    return FAMILIES[family_key]
 
 
 @functools.cache
@@ -221,11 +248,14 @@ def _name_pattern(name: str) -> tuple[str, int | None]:
     return name, None
 
 
-class _Metadata:
+class GGUFMetadata:
     """Typed access to a GGUF file's key/value metadata."""
 
     def __init__(self, reader: gguf.GGUFReader):
         self._fields = reader.fields
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._fields
 
     def get(self, key: str, default: Any = None) -> Any:
         field = self._fields.get(key)
@@ -243,7 +273,7 @@ class _Metadata:
         return value
 
 
-def _hf_config(metadata: _Metadata, arch: str, family: Family, tensors: dict, path: pathlib.Path) -> dict[str, Any]:
+def _hf_config(metadata: GGUFMetadata, arch: str, family: Family, tensors: dict, path: pathlib.Path) -> dict[str, Any]:
     """The Hugging Face `config.json` fields that the metadata and tensor shapes of a GGUF file determine."""
     hidden_size = _int(metadata.required(f"{arch}.embedding_length"), "embedding_length")
     num_heads = _int(metadata.required(f"{arch}.attention.head_count"), "attention.head_count")
@@ -290,7 +320,7 @@ def _int(value: Any, key: str) -> int:
     return value
 
 
-def _rope_scaling(metadata: _Metadata, arch: str) -> dict[str, Any] | None:
+def _rope_scaling(metadata: GGUFMetadata, arch: str) -> dict[str, Any] | None:
     """`rope_scaling` from the `{arch}.rope.scaling.*` metadata, or None when the file has none."""
     scaling_type = metadata.get(f"{arch}.rope.scaling.type")
     if scaling_type in (None, "none"):
@@ -338,22 +368,81 @@ def _checked_path(path: str | os.PathLike) -> pathlib.Path:
 
 
 def load_gguf_tokenizer(path: str | os.PathLike):
-    """The `transformers` tokenizer stored in a GGUF file, chat template included; None if the file has none.
-
-    `transformers` reads GGUF tokenizers with its own GGUF reader, which imports PyTorch.
-    """
+    """The `transformers` tokenizer stored in a GGUF file, chat template included; None if the file has none."""
     path = _checked_path(path)
-    from transformers import AutoTokenizer
+    metadata = GGUFMetadata(_reader(path))
+    recipe = tokenizer_recipe(metadata, path, _family(metadata, path).model_type)
+    return None if recipe is None else recipe.tokenizer()
 
+
+@dataclasses.dataclass
+class TokenizerRecipe:
+    """A GGUF file's tokenizer as `transformers` builds it: a tokenizer class (by name) around a `tokenizers`
+    backend, with arguments (special tokens, BOS/EOS flags, chat template: JSON values) from the metadata."""
+
+    class_name: str
+    backend: Any  # tokenizers.Tokenizer
+    arguments: dict[str, Any]
+
+    def tokenizer(self):
+        return make_tokenizer(self.class_name, self.arguments, tokenizer_object=self.backend)
+
+
+def make_tokenizer(class_name: str, arguments: dict[str, Any], **backend):
+    """An instance of the `transformers` tokenizer class `class_name` with `arguments`, around a backend given as
+    `tokenizer_object=` (a `tokenizers.Tokenizer`) or `tokenizer_file=` (a saved tokenizer.json), which it uses
+    as it is (a class such as GemmaTokenizer builds its own backend only when given neither)."""
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    return tokenizer_class_from_name(class_name)(**backend, **arguments)
+
+
+# GGUF special-token keys (`tokenizer.ggml.*`) -> the `transformers` tokenizer argument they name
+GGUF_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
+                       "pad_token": "padding_token_id"}
+
+
+def tokenizer_recipe(metadata: GGUFMetadata, path: pathlib.Path, model_type: str) -> TokenizerRecipe | None:
+    """How to build the `transformers` tokenizer that a GGUF file's `tokenizer.*` metadata describes; None if the
+    file has no tokenizer.
+
+    The recipe is what `AutoTokenizer.from_pretrained(directory, gguf_file=name)` builds (the tokenizer class that
+    `transformers` maps `model_type` to, the `tokenizers` backend from `convert_gguf_tokenizer`, the special
+    tokens, BOS/EOS flags and chat template of the metadata), but from metadata that `gguf.GGUFReader` has read:
+    `transformers`' own GGUF reader imports PyTorch. Files next to the GGUF (a `tokenizer.json`, a chat template)
+    play no part, whereas `transformers` lets them override the GGUF's.
+    """
+    tokenizer_type = metadata.get("tokenizer.ggml.model")
+    if tokenizer_type is None:
+        return None
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    # as transformers' `get_gguf_tokenizer`: the metadata under its argument names, in two groups
+    grouped = {group: {name: metadata.get(f"tokenizer.{key}") for key, name in renames.items()
+                       if f"tokenizer.{key}" in metadata}
+               for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+    tokenizer_dict, tokenizer_config = grouped["tokenizer"], grouped["tokenizer_config"]
+    tokens = tokenizer_dict.get("tokens")
+    if not tokens:
+        raise LoadError(f"{path} names a {tokenizer_type!r} tokenizer but has no tokenizer.ggml.tokens vocabulary")
+    if tokenizer_type == "llama":  # llama.cpp adds BOS to a sentencepiece vocabulary that does not say otherwise
+        tokenizer_config.setdefault("add_bos_token", True)
+    for argument, key in GGUF_SPECIAL_TOKENS.items():
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        if token_id is not None and not 0 <= token_id < len(tokens):
+            raise LoadError(f"GGUF metadata tokenizer.ggml.{key} of {path} is {token_id}, outside its vocabulary "
+                            f"of {len(tokens)} tokens")
+        tokenizer_config[argument] = None if token_id is None else tokens[token_id]
     try:
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as error:  # transformers raises several kinds for a file it cannot convert
-        if "tokenizer.ggml.model" not in gguf.GGUFReader(path).fields:
-            return None
-        if importlib.util.find_spec("torch") is None:
-            raise LoadError(f"transformers needs PyTorch to read the tokenizer of {path}: pip install torch "
-                            "(the CPU build is enough)") from error
-        raise LoadError(f"could not load the tokenizer of {path}: {error}") from error
+        backend, extra_arguments = convert_gguf_tokenizer(metadata.required("general.architecture"), tokenizer_dict)
+    except Exception as error:  # transformers raises several kinds for a tokenizer it cannot convert
+        raise LoadError(f"could not build the {tokenizer_type!r} tokenizer of {path}: {error}") from error
+    tokenizer_class = TOKENIZER_MAPPING.get(CONFIG_MAPPING[model_type], TokenizersBackend)
+    return TokenizerRecipe(class_name=tokenizer_class.__name__, backend=backend,
+                           arguments={"name_or_path": str(path.parent), **tokenizer_config, **extra_arguments})
 
 
 def default_gguf_path() -> pathlib.Path:
