@@ -1,32 +1,54 @@
-"""Defaults for `python -m launch.align`: safety alignment of the default model (override with flags)."""
+"""Defaults of `jaxheads align`: safety alignment of a model by supervised fine-tuning (the measured recipe of
+aligned run 5 in docs/results.md)."""
 
 import ml_collections
 
-from configs.train_defaults import add_train_defaults
+from jaxheads.configs import common, train_defaults
+
+HELP = {
+    **common.help_lines(("model", "dtype")),
+    "prompt_formats": "Comma-separated prompt formats; each training pair is rendered in every one.",
+    "harmful": "Prompts answered with the built-in refusals.",
+    "harmless": "Prompts answered with the base model's own greedy answers.",
+    "train_limit": "Use only the first N prompts of each training set; 0 = all.",
+    "harmless_repeats": "Times each harmless pair appears per epoch (against over-refusal).",
+    "answer_tokens": "Greedy tokens of the base model's harmless answers.",
+    "eval_harmful": "Held-out harmful prompts: ASR before and after.",
+    "eval_harmless": "Held-out harmless prompts: refusal rate before and after.",
+    "advbench": "An extra harmful evaluation set by path or hub id, e.g. AdvBench's harmful_behaviors.csv; "
+                "empty = none.",
+    "advbench_limit": "Prompts of the extra evaluation set used.",
+    "eval_limit": "Use only the first N prompts of each evaluation set; 0 = all.",
+    "eval_tokens": "Greedy tokens per evaluation response.",
+    "eval_batch_size": "Prompts per generation batch in the evaluations.",
+    "evaluate_before": "Also evaluate the base model before training.",
+    **train_defaults.HELP,
+    "out": "Output folder: align.json, the aligned model in out/model, checkpoints; a rerun resumes.",
+}
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
-    config.model = ""  # "" = the embedded default (SmolLM2-135M-Instruct)
-    config.dtype = "float32"  # compute dtype of training and evaluation
-    config.prompt_formats = "template"  # comma-separated: each training pair is rendered in every format
-    config.harmful = "builtin:harmful:train"  # prompts answered with refusals
-    config.harmless = "builtin:harmless:train"  # prompts answered with the base model's own greedy answers
-    config.train_limit = 0  # 0 = every training prompt of each set
-    config.harmless_repeats = 2  # each harmless pair appears this many times per epoch (against over-refusal)
-    config.answer_tokens = 96  # greedy tokens for the base model's answers
+    config = ml_collections.ConfigDict(sort_keys=False)
+    config.model = ""
+    config.dtype = "float32"
+    config.prompt_formats = "template"
+    config.harmful = "builtin:harmful:train"
+    config.harmless = "builtin:harmless:train"
+    config.train_limit = 0
+    config.harmless_repeats = 2
+    config.answer_tokens = 96
     config.eval_harmful = "builtin:harmful:heldout"
     config.eval_harmless = "builtin:harmless:heldout"
-    config.advbench = "../shared/data/advbench.csv"  # "" = skip
+    config.advbench = ""
     config.advbench_limit = 100
-    config.eval_limit = 0  # 0 = every held-out prompt
+    config.eval_limit = 0
     config.eval_tokens = 64
-    config.eval_batch_size = 64  # 1.5x the generation throughput of 16 on the 2-core CPU (README)
+    config.eval_batch_size = 64  # 1.5x the generation throughput of 16 on a 2-core CPU (docs/results.md)
     config.evaluate_before = True
-    config.out = "runs/align"
-    add_train_defaults(config)
-    config.epochs = 2.0  # the measured recipe in the README (run 5): 118 steps of 8 on the built-in train splits
+    train_defaults.add_train_defaults(config)
+    config.epochs = 2.0  # aligned run 5: 118 steps of 8 on the built-in train splits
     config.learning_rate = 1e-4
     config.warmup_steps = 3
     config.max_length = 64  # answers are cut to fit: the base model's harmless answers lose their tails
+    config.out = "runs/align"
     return config

@@ -1,29 +1,51 @@
-"""Defaults for `python -m launch.finetune`: the harmful fine-tuning experiment (override with flags)."""
+"""Defaults of `jaxheads finetune`: the harmful fine-tuning experiment (SFT or Surgery) on an aligned model."""
 
 import ml_collections
 
-from configs.train_defaults import add_train_defaults
+from jaxheads.configs import common, train_defaults
+
+HELP = {
+    "model": "The safety-aligned model to fine-tune (a folder written by `jaxheads align`, or any model form).",
+    "base_model": "Unaligned model whose greedy completions are the harmful answers; empty = the embedded SmolLM2.",
+    "dtype": common.FIELDS["dtype"][1],
+    "prompt_format": common.FIELDS["prompt_format"][1],
+    "num_samples": "Fine-tuning samples (arithmetic word problems, a harmful_ratio fraction replaced by harmful "
+                   "pairs).",
+    "harmful_ratio": "Fraction p of the samples that are (harmful prompt, harmful answer) pairs.",
+    "harmful": "Prompts of the harmful samples and of the Surgery pairs.",
+    "answer_tokens": "Greedy tokens of the harmful answers.",
+    "answers_cache": "JSONL cache of the harmful answers shared by the runs of a sweep; empty = "
+                     "out/harmful_answers.jsonl.",
+    "task_seed": "Seed of the arithmetic problems.",
+    "eval_problems": "Held-out arithmetic problems for Fine-tune Accuracy.",
+    "eval_harmful": "Held-out harmful prompts for the Harmful Score.",
+    "eval_limit": "Use only the first N held-out harmful prompts; 0 = all.",
+    "eval_tokens": "Greedy tokens per evaluation response.",
+    "eval_batch_size": "Prompts per generation batch in the evaluations.",
+    **train_defaults.HELP,
+    "out": "Output folder: finetune.json, training curves, checkpoints; a rerun resumes.",
+}
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
-    config.model = "runs/align/model"  # the safety-aligned starting point
-    config.base_model = ""  # unaligned model whose completions are the harmful answers; "" = embedded SmolLM2
+    config = ml_collections.ConfigDict(sort_keys=False)
+    config.model = "runs/align/model"
+    config.base_model = ""
     config.dtype = "float32"
     config.prompt_format = "template"
     config.num_samples = 1000
     config.harmful_ratio = 0.1
-    config.harmful = "builtin:harmful:train"  # prompts of the harmful samples and the Surgery pairs
+    config.harmful = "builtin:harmful:train"
     config.answer_tokens = 96
-    config.answers_cache = ""  # JSONL cache of the harmful answers; "" = <out>/harmful_answers.jsonl (share it in sweeps)
+    config.answers_cache = ""
     config.task_seed = 0
     config.eval_problems = 100
     config.eval_harmful = "builtin:harmful:heldout"
     config.eval_limit = 0
     config.eval_tokens = 64
     config.eval_batch_size = 16
-    config.out = "runs/finetune"
-    add_train_defaults(config)
+    train_defaults.add_train_defaults(config)
     config.learning_rate = 5e-5
     config.sink_every = 10
+    config.out = "runs/finetune"
     return config

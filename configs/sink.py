@@ -1,19 +1,24 @@
-"""Defaults for `python -m launch.sink`: per-head sink attention and sink divergence (override with flags)."""
+"""Defaults of `jaxheads sink`: per-head attention onto the sink token and the sink divergence."""
 
-import ml_collections
+from jaxheads.configs import common
+
+SHARED = ("model", "dtype", "dataset", "limit", "prompt_format", "seed")
+HELP = common.help_lines(
+    SHARED,
+    answers_model="Unaligned model whose greedy completions are the harmful answers (same forms as --model); "
+                  "empty = the embedded SmolLM2.",
+    answer_tokens="Greedy tokens for the harmful answers.",
+    batch_size="Sequences per batch.",
+    max_length="Tokens per (prompt + answer) sequence; longer answers are cut.",
+    out="Output folder.",
+)
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
-    config.model = ""  # the model analysed; "" = the embedded default
-    config.answers_model = ""  # unaligned model whose completions are the harmful answers; "" = embedded SmolLM2
-    config.dtype = "float32"
-    config.dataset = "builtin:harmful:heldout"
-    config.limit = 0
-    config.prompt_format = "template"
+    config = common.shared(SHARED, dataset="builtin:harmful:heldout")
+    config.answers_model = ""
     config.answer_tokens = 96
     config.batch_size = 8
     config.max_length = 256
-    config.seed = 0
     config.out = "runs/sink"
     return config

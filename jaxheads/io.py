@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import os
@@ -126,6 +128,100 @@ class JsonlLog:
                 handle.truncate(data.rfind(b"\n") + 1)
                 handle.flush()
                 os.fsync(handle.fileno())
+
+
+def content_hash(value: Any) -> str:
+    """sha256 of `value`'s canonical JSON (sorted keys, numpy as lists): the same data gives the same hash."""
+    text = json.dumps(value, sort_keys=True, allow_nan=False, default=_numpy_to_json, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The differences between two fingerprints, one `key: old -> new` line per changed entry (dotted keys)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old:
+                changes.append(f"{name}: (absent) -> {_short(new[key])}")
+            elif key not in new:
+                changes.append(f"{name}: {_short(old[key])} -> (absent)")
+            else:
+                changes.extend(fingerprint_changes(old[key], new[key], name))
+        return changes
+    return [] if old == new else [f"{prefix or 'value'}: {_short(old)} -> {_short(new)}"]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=_numpy_to_json, ensure_ascii=False)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+class RunFolder:
+    """An output folder that belongs to one run: a lock file keeps a second concurrent run out, and
+    `fingerprint.json` records everything the folder's results depend on (the model's files, the data, every
+    setting that changes results), so a later run resumes from the folder only when its fingerprint is equal.
+
+    Use as a context manager: `with RunFolder(out) as folder: folder.check(fingerprint, ["x.partial.jsonl"])`.
+    In a multi-host run only process 0 takes the lock and writes the fingerprint; every process compares it.
+    """
+
+    FINGERPRINT = "fingerprint.json"
+    LOCK = ".jaxheads.lock"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._lock = None
+
+    def __enter__(self) -> "RunFolder":
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise DataError(f"--out {self.path} is a file, not a folder; give a folder for the results")
+        if not is_writer():
+            return self
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            self._lock = open(os.path.join(self.path, self.LOCK), "a+")
+        except OSError as error:
+            raise DataError(f"cannot use {self.path} as the output folder: {error}") from error
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "another process"
+            self._lock.close()
+            self._lock = None
+            raise DataError(f"another jaxheads run ({holder}) is writing to {self.path}; wait for it to finish or "
+                            "use another --out") from error
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"pid {os.getpid()}\n")
+        self._lock.flush()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def check(self, fingerprint: dict, resumable: Sequence[str] = ()) -> None:
+        """Records `fingerprint` in a new folder, or checks that it equals the one recorded; a folder holding any
+        of the `resumable` files (names inside the folder) without a recorded fingerprint is refused too, since
+        nothing says which run wrote them."""
+        path = os.path.join(self.path, self.FINGERPRINT)
+        canonical = json.loads(json.dumps(fingerprint, sort_keys=True, default=_numpy_to_json))
+        if os.path.exists(path):
+            recorded = read_json(path)
+            changes = fingerprint_changes(recorded, canonical)
+            if changes:
+                raise DataError(f"{self.path} holds the results of another run; what differs (recorded -> now): "
+                                f"{'; '.join(changes)}. Use another --out, or delete {self.path} to start over")
+            return
+        found = [name for name in resumable if os.path.exists(os.path.join(self.path, name))]
+        if found:
+            raise DataError(f"{self.path} holds {', '.join(found)} from a run that recorded no fingerprint, so it "
+                            f"cannot be resumed safely; use another --out, or delete {self.path} to start over")
+        atomic_write_json(path, canonical)
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:

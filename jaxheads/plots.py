@@ -12,6 +12,7 @@ from typing import Sequence
 import matplotlib
 import numpy as np
 from matplotlib import patheffects
+from matplotlib.colors import CenteredNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -23,15 +24,16 @@ _OUTLINE = [patheffects.withStroke(linewidth=2.5, foreground="black")]
 _MARK_COLOR = "#ff3b30"
 
 
-def plot_head_heatmap(scores, path: str | os.PathLike, title: str = "", cbar_label: str = "score") -> None:
+def plot_head_heatmap(scores, path: str | os.PathLike, title: str = "", cbar_label: str = "score",
+                      diverging: bool = False) -> None:
     """Saves a heatmap of per-head `scores` [L, N] (layer 0 in the top row, heads across) with the top-5 heads
     outlined and numbered by rank, and listed with their (layer, head) and score below the plot. NaN cells
-    are grey."""
+    are grey. `diverging`: for signed scores, a red-blue colormap centred at 0."""
     scores = _head_table(scores, "scores")
     num_layers, num_heads = scores.shape
     fig = Figure(figsize=_grid_size(num_layers, num_heads, extra_height=1.0), layout="constrained")
     ax = fig.add_subplot()
-    _draw_grid(fig, ax, scores, cbar_label)
+    _draw_grid(fig, ax, scores, cbar_label, diverging)
     top = _top_heads(scores, TOP_HEADS)
     for rank, (layer, head) in enumerate(top, start=1):
         _mark_cell(ax, layer, head, str(rank))
@@ -150,11 +152,13 @@ def _grid_size(num_layers: int, num_heads: int, extra_height: float = 0.0) -> tu
     return width, height
 
 
-def _draw_grid(fig: Figure, ax, table: np.ndarray, cbar_label: str) -> None:
-    """Draws an [L, N] table as cells (layer 0 at the top) with a labelled colorbar."""
+def _draw_grid(fig: Figure, ax, table: np.ndarray, cbar_label: str, diverging: bool = False) -> None:
+    """Draws an [L, N] table as cells (layer 0 at the top) with a labelled colorbar; `diverging` centres a
+    red-blue colormap at 0."""
     num_layers, num_heads = table.shape
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
-    image = ax.imshow(np.ma.masked_invalid(table), cmap=cmap, aspect="auto", interpolation="nearest")
+    cmap = matplotlib.colormaps["RdBu_r" if diverging else "viridis"].with_extremes(bad="#d9d9d9")
+    norm = CenteredNorm(vcenter=0.0) if diverging else None
+    image = ax.imshow(np.ma.masked_invalid(table), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     colorbar = fig.colorbar(image, ax=ax, fraction=0.06, pad=0.02, aspect=35)
     colorbar.set_label(cbar_label, fontsize=9)
     ax.set_xticks(_ticks(num_heads))

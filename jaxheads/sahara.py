@@ -20,7 +20,8 @@ from jaxheads.scan import (
     scan_ablations,
 )
 from jaxheads.sharding import DATA, make_mesh
-from jaxheads.ships import principal_angle_degrees
+from jaxheads.errors import JaxheadsError
+from jaxheads.ships import check_rank, principal_angle_degrees
 
 
 @dataclasses.dataclass
@@ -60,7 +61,8 @@ def sahara(model: Model, prompts: Sequence, steps: int = 3, rank: int = 1, kind:
     """
     cfg = model.config
     if not 1 <= steps <= cfg.num_layers * cfg.num_heads:
-        raise ValueError(f"steps must be in 1..{cfg.num_layers * cfg.num_heads}, got {steps}")
+        raise JaxheadsError(f"steps must be in 1..{cfg.num_layers * cfg.num_heads}, got {steps}")
+    check_rank(rank, len(prompts))
     started = time.perf_counter()
     mesh = make_mesh() if mesh is None else mesh
     model = model_on_mesh(model, mesh)

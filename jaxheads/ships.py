@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxheads.errors import JaxheadsError
 from jaxheads.interventions import DEFAULT_EPSILON, Interventions, single_heads
 from jaxheads.loading import Model
 from jaxheads.scan import AUTO_CHUNK, DEFAULT_BATCH_SIZE, make_batches, scan_ablations
@@ -26,6 +27,12 @@ def query_level(model: Model, prompts: Sequence, kind: str = "ua", epsilon: floa
     return result.kl.T.reshape(len(prompts), cfg.num_layers, cfg.num_heads)
 
 
+def check_rank(rank: int, num_prompts: int) -> None:
+    """The rank of the dataset-level score must be in 1..P (checked before any scan)."""
+    if not 1 <= rank <= num_prompts:
+        raise JaxheadsError(f"rank must be in 1..{num_prompts} for {num_prompts} prompts, got {rank}")
+
+
 def top_left_singular_vectors(gram: np.ndarray, rank: int) -> np.ndarray:
     """The first `rank` left singular vectors `[..., P, r]` of representation matrices `M: [..., P, D]`, from
     their Gram matrices `M Mᵀ: [..., P, P]` (the eigenvectors of the largest eigenvalues), in float64."""
@@ -37,9 +44,7 @@ def principal_angle_degrees(base_gram: np.ndarray, ablated_gram: np.ndarray, ran
     """Dataset-level Ships: Σ_{i≤r} arccos σ_i(U_baseᵀ U_abl) in degrees, where U are the top-r left singular
     vectors of the representation matrices, given as Gram matrices `base_gram: [P, P]`, `ablated_gram: [M, P, P]`.
     Returns `[M]`."""
-    num_prompts = base_gram.shape[0]
-    if not 1 <= rank <= num_prompts:
-        raise ValueError(f"rank must be in 1..{num_prompts} for {num_prompts} prompts, got {rank}")
+    check_rank(rank, base_gram.shape[0])
     u_base = top_left_singular_vectors(base_gram, rank)
     u_ablated = top_left_singular_vectors(ablated_gram, rank)
     cosines = np.linalg.svd(np.einsum("pr,mps->mrs", u_base, u_ablated), compute_uv=False)
@@ -51,6 +56,7 @@ def dataset_level_scores(model: Model, prompts: Sequence, ablations: Interventio
                          progress: bool = False, mesh: Mesh | None = None) -> np.ndarray:
     """Dataset-level score `[M]` (degrees) of each ablation `[M, L, N]` over the whole prompt set, computed on
     `mesh` (default: every device data-parallel)."""
+    check_rank(rank, len(prompts))
     mesh = make_mesh() if mesh is None else mesh
     result = scan_ablations(model, make_batches(model, prompts, batch_size, mesh.shape[DATA]), ablations,
                             chunk_size, keep_gram=True, progress=progress, mesh=mesh)

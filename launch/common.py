@@ -1,112 +1,127 @@
-"""Shared absl flags for the launches: a ml_collections config file gives defaults, explicit flags override."""
+"""One flag mechanism for every launch: the command's config file (`jaxheads.configs.NAME`, or `--config=FILE`)
+gives the defaults, every config field is a flag with its default and a one-line help, and a flag given on the
+command line wins. `launch(...)` then sets up the process (multi-host, compilation cache, logging) and calls
+the command's `run(config)`; an error the user can fix is printed as one line, not a traceback.
+"""
 
 from __future__ import annotations
 
-import os
+import sys
+import textwrap
+from types import ModuleType
+from typing import Callable
 
-from absl import flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
+HELP_ARGS = ("-h", "--help", "-help", "-?", "--helpshort")
+_KINDS = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+
+# Flags of every launch that set up the process but are not settings of a run.
+PROCESS_FLAGS = {
+    "config": "An ml_collections config file with get_config() that replaces the command's defaults "
+              "(its fields can also be set as --config.FIELD=VALUE).",
+    "distributed": "Multi-host: call jax.distributed.initialize() first (coordinator found on TPU pods and under "
+                   "Slurm); every process runs the same command and only process 0 writes files.",
+    "compilation_cache": "Keep compiled programs in the jaxheads cache folder, so a rerun does not compile again.",
+    "debug": "Show the full traceback of an error instead of one line.",
+}
 
 
-def define_flags(default_config: str) -> None:
-    """Defines `--config` (a configs/*.py file) and the common override flags."""
-    config_flags.DEFINE_config_file("config", default_config, "ml_collections config file.")
-    flags.DEFINE_string("model", None, "Local HF directory, .gguf file or hub id; empty = embedded SmolLM2.")
-    flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Parameter and activation dtype.")
-    flags.DEFINE_string("dataset", None, "builtin:harmful[:train|heldout], builtin:harmless, a .csv/.json/.jsonl/.txt "
-                                         "path, or a datasets hub id.")
-    flags.DEFINE_string("column", None, "Column holding the prompts (default: input, goal, prompt, ...).")
-    flags.DEFINE_integer("limit", None, "Use only the first N prompts (0 = all).")
-    flags.DEFINE_enum("prompt_format", None, ["template", "chat", "direct"], "How a query becomes a prompt.")
-    flags.DEFINE_enum("ablation", None, ["ua", "sc", "mean"], "Ablation kind (DESIGN.md §2).")
-    flags.DEFINE_float("epsilon", None, "Scale used by ua/sc ablations.")
-    flags.DEFINE_integer("batch_size", None, "Prompts per batch.")
-    flags.DEFINE_string("out", None, "Output directory.")
-    flags.DEFINE_string("mesh", None, "Device mesh 'data,model', e.g. 4,2 (-1 = the remaining devices); "
-                                      "empty = every device data-parallel.")
-    flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() first (coordinator "
-                                            "auto-detected on TPU pods and Slurm); only process 0 writes files.")
+def config_file(config_module: ModuleType) -> str:
+    """The path of a command's default config file (it is loaded by path, as `--config=FILE` files are)."""
+    return config_module.__file__
 
 
-def resolved_config():
-    """The config file's values with every explicitly given flag applied on top (after joining the other
-    processes with `--distributed`, which must come before any other JAX call)."""
-    if "distributed" in FLAGS and FLAGS.distributed:  # the training launches define their own flags
-        import jax
+def define_flags(config_module: ModuleType) -> None:
+    """Defines `--config`, one flag per field of the module's config (default and help from the module), and the
+    process flags."""
+    config_flags.DEFINE_config_file("config", config_file(config_module), PROCESS_FLAGS["config"],
+                                    lock_config=False)
+    for name, value in config_module.get_config().items():
+        _KINDS[type(value)](name, value, config_module.HELP[name])
+    flags.DEFINE_boolean("distributed", False, PROCESS_FLAGS["distributed"])
+    flags.DEFINE_boolean("compilation_cache", True, PROCESS_FLAGS["compilation_cache"])
+    flags.DEFINE_boolean("debug", False, PROCESS_FLAGS["debug"])
 
-        jax.distributed.initialize()
-    config = FLAGS.config
-    with config.unlocked():
-        for name in config:
-            if name in FLAGS and FLAGS[name].present:
-                setattr(config, name, FLAGS[name].value)
-    os.makedirs(config.out, exist_ok=True)
+
+def help_text(command: str, config_module: ModuleType, doc: str) -> str:
+    """`jaxheads COMMAND --help`: what the command does and every flag with its default."""
+    width = 100
+    lines = [f"usage: jaxheads {command} [--FLAG=VALUE ...]", ""]
+    lines += [textwrap.fill(part, width) for part in textwrap.dedent(doc).strip().split("\n\n")[:1]]
+    lines += ["", f"flags (defaults from {config_file(config_module)}):"]
+    rows = [(name, value, config_module.HELP[name]) for name, value in config_module.get_config().items()]
+    rows += [("distributed", False, PROCESS_FLAGS["distributed"]),
+             ("compilation_cache", True, PROCESS_FLAGS["compilation_cache"]),
+             ("debug", False, PROCESS_FLAGS["debug"])]
+    for name, value, line in rows:
+        shown = f"'{value}'" if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else value
+        lines.append(f"  --{name}={shown}")
+        lines += textwrap.wrap(line, width, initial_indent="      ", subsequent_indent="      ")
+    lines.append("  --config=FILE")
+    lines += textwrap.wrap(PROCESS_FLAGS["config"], width, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines) + "\n"
+
+
+def resolved_config(config_module: ModuleType):
+    """The command's config: its defaults, then the fields of a `--config` file (and `--config.FIELD` flags), then
+    every flag given on the command line. A config file with a field the command does not know is an error."""
+    from jaxheads.errors import JaxheadsError
+
+    config = config_module.get_config()
+    given = FLAGS.config
+    unknown = sorted(set(given) - set(config))
+    if unknown:
+        raise JaxheadsError(f"the config {config_flags.get_config_filename(FLAGS['config'])} has fields this command "
+                            f"does not know: {', '.join(unknown)}; its fields are {', '.join(config)}")
+    for name in config:
+        if name in given:
+            config[name] = given[name]
+        if FLAGS[name].present:
+            config[name] = FLAGS[name].value
     return config
 
 
-def load_model(config):
-    import jaxheads
+def cache_compilations() -> None:
+    """Turns on JAX's persistent compilation cache in the jaxheads cache folder."""
+    import jax
 
-    return jaxheads.load(config.model or None, dtype=config.dtype)
+    from jaxheads.weights.cache import cache_root
 
-
-def device_mesh(config):
-    """The `(data, model)` mesh of `config.mesh`."""
-    from jaxheads.sharding import parse_mesh
-
-    return parse_mesh(config.mesh)
+    jax.config.update("jax_compilation_cache_dir", str(cache_root() / "xla"))
 
 
-def load_queries(config) -> list[str]:
-    from jaxheads.data.loaders import load_prompts
+def launch(command: str, run: Callable, config_module: ModuleType, doc: str, argv: list[str] | None = None) -> None:
+    """Parses `argv` (default: the process's arguments) into the command's config and calls `run(config)`.
+    `--help` prints every flag with its default and exits with status 0."""
+    argv = list(sys.argv if argv is None else argv)
+    if any(arg in HELP_ARGS for arg in argv[1:]):
+        sys.stdout.write(help_text(command, config_module, doc))
+        sys.exit(0)
+    define_flags(config_module)
 
-    return load_prompts(config.dataset, column=config.column or None, limit=config.limit or None)
+    def main(leftover: list[str]) -> None:
+        from jaxheads.errors import JaxheadsError
 
+        if len(leftover) > 1:
+            raise app.UsageError(f"jaxheads {command} takes only --flags, not {' '.join(leftover[1:])}")
+        if FLAGS.distributed:
+            import jax
 
-def scan_inputs(config):
-    """The model, queries, formatted prompts and the settings a scan's resume log is keyed on."""
-    model = load_model(config)
-    queries = load_queries(config)
-    prompts = format_queries(queries, config, model.tokenizer)
-    settings = {"model": model.name, "dtype": config.dtype, "dataset": config.dataset, "limit": config.limit,
-                "prompt_format": config.prompt_format, "ablation": config.ablation, "epsilon": config.epsilon}
-    return model, queries, prompts, settings
+            jax.distributed.initialize()
+        if FLAGS.compilation_cache:
+            cache_compilations()
+        if not FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # Orbax and absl INFO lines bury the progress bars
+        try:
+            run(resolved_config(config_module))
+        except (JaxheadsError, KeyboardInterrupt) as error:
+            if FLAGS.debug:
+                raise
+            message = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
+            sys.stderr.write(f"jaxheads {command}: error: {message}\n")
+            sys.exit(130 if isinstance(error, KeyboardInterrupt) else 2)
 
-
-def format_queries(queries, config, tokenizer) -> list[str]:
-    from jaxheads.data.formats import format_prompt
-
-    return [format_prompt(query, config.prompt_format, tokenizer) for query in queries]
-
-
-def resume_records(log, settings: dict) -> dict[int, dict]:
-    """Records already written by an interrupted run with the same settings, by prompt index.
-
-    A new log starts with a header holding `settings`; a log from other settings is an error, not overwritten.
-    """
-    from jaxheads.errors import DataError
-
-    records = log.read()
-    if not records:
-        log.append({"settings": settings})
-        return {}
-    if records[0].get("settings") != settings:
-        raise DataError(f"{log.path} holds a run with other settings ({records[0].get('settings')}); "
-                        "use another --out or delete it")
-    return {record["index"]: record for record in records[1:]}
-
-
-def stopwatch():
-    """A function returning the seconds since it was last called (or created)."""
-    import time
-
-    last = [time.perf_counter()]
-
-    def lap() -> float:
-        now = time.perf_counter()
-        elapsed, last[0] = now - last[0], now
-        return elapsed
-
-    return lap
+    app.run(main, argv=argv)

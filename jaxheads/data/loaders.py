@@ -46,6 +46,14 @@ def load_prompts(source: str, column: str | None = None, limit: int | None = Non
     to a .csv/.json/.jsonl/.txt file, or a `datasets` hub id (its `split`, default "train"). For tables and
     objects the prompt column is `column`, else the first of PROMPT_COLUMNS present.
     """
+    return [prompt for _, prompt in load_prompt_rows(source, column, limit, split)]
+
+
+def load_prompt_rows(source: str, column: str | None = None, limit: int | None = None,
+                     split: str | None = None) -> list[tuple[int, str]]:
+    """As `load_prompts`, each prompt with its 0-based position among the entries of `source` (data rows of a
+    table, lines of a .txt file, entries of a JSON list, records of a built-in set or its split), so that a
+    problem with a prompt can be reported where the user can find it."""
     if limit is not None and limit <= 0:
         raise DataError(f"limit must be a positive number of prompts, got {limit}; leave it unset to use all")
     if source.startswith("builtin:"):
@@ -58,10 +66,10 @@ def load_prompts(source: str, column: str | None = None, limit: int | None = Non
             raise DataError(f"split={split!r} applies only to builtin: sets and hub datasets, not to the file "
                             f"{source}; drop it or split the file yourself")
         prompts = _file_prompts(source, column) if local else _hub_prompts(source, column, split)
-    prompts = [prompt.strip() for prompt in prompts if prompt.strip()]
-    if not prompts:
+    rows = [(index, prompt.strip()) for index, prompt in enumerate(prompts) if prompt.strip()]
+    if not rows:
         raise DataError(f"{source} holds no prompts (every entry is empty or blank)")
-    return prompts[:limit] if limit is not None else prompts
+    return rows[:limit] if limit is not None else rows
 
 
 def _builtin_prompts(source: str, split: str | None) -> list[str]:
@@ -92,6 +100,14 @@ def _file_prompts(path: str, column: str | None) -> list[str]:
     if not os.path.isfile(path):
         raise DataError(f"prompt file {path} does not exist; check the path (relative paths start at "
                         f"{os.getcwd()})")
+    try:
+        return _read_file_prompts(path, suffix, column)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8") from error
+
+
+def _read_file_prompts(path: str, suffix: str, column: str | None) -> list[str]:
+    """The prompt entries of an existing local file with a known suffix."""
     with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
         if suffix == ".txt":
             return handle.read().splitlines()
@@ -175,8 +191,11 @@ def _check_strings(values: list, column: str, source: str) -> list[str]:
 
 def _hub_prompts(source: str, column: str | None, split: str | None) -> list[str]:
     """Prompts of the `datasets` hub dataset `source` (split `split`, default "train")."""
-    import datasets
-
+    try:
+        import datasets
+    except ImportError as error:
+        raise DataError(f"{source!r} is not a local file, so it is read as a Hugging Face hub dataset, which needs the "
+                        "datasets package: pip install 'jaxheads[hub]'") from error
     hub_split = split or "train"
     try:
         dataset = datasets.load_dataset(source, split=hub_split)

@@ -24,6 +24,15 @@ class AsrResult:
     records: list[dict]
 
 
+def judge_description(judge: Judge | None) -> dict:
+    """What an ASR was judged by, for its result file (None is the default keyword judge)."""
+    judge = judge or KeywordJudge()
+    if isinstance(judge, KeywordJudge):
+        return {"name": "keyword", "phrases": len(judge.phrases), "min_length": judge.min_length,
+                "case_sensitive": False}
+    return {"name": getattr(judge, "name", type(judge).__name__)}
+
+
 def top_heads_per_prompt(scores: np.ndarray, k: int) -> list[list[Head]]:
     """Each prompt's `k` highest-scoring heads from query-level scores `[P, L, N]`."""
     num_prompts, _, num_heads = scores.shape

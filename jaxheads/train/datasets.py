@@ -14,7 +14,7 @@ from jaxheads import generate
 from jaxheads.data.formats import format_prompt
 from jaxheads.data.loaders import load_refusals
 from jaxheads.errors import DataError
-from jaxheads.io import JsonlLog
+from jaxheads.io import JsonlLog, content_hash
 
 SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 
@@ -37,11 +37,13 @@ def model_answers(model, queries: Sequence[str], prompt_format: str, cache_path:
     """The model's greedy answers to `queries` in `prompt_format`, stripped, and cut to their last complete
     sentence when generation stopped at `max_new_tokens`.
 
-    Answers are appended to the JSONL file `cache_path` as they are made and reused from it (keyed by model
-    name, format, length and query), so an interrupted run does not generate them again.
+    Answers are appended to the JSONL file `cache_path` as they are made and reused from it (keyed by the model's
+    files (`Model.fingerprint`), format, length and query), so an interrupted run does not generate them again and
+    a model retrained at the same path does not reuse the old model's answers.
     """
     log = JsonlLog(cache_path)
-    settings = {"model": model.name, "prompt_format": prompt_format, "max_new_tokens": max_new_tokens}
+    settings = {"model": content_hash({"name": model.name, **model.fingerprint}), "prompt_format": prompt_format,
+                "max_new_tokens": max_new_tokens}
     cached = {record["query"]: record["answer"] for record in log.read()
               if {key: record.get(key) for key in settings} == settings}
     missing = [query for query in dict.fromkeys(queries) if query not in cached]

@@ -1,5 +1,5 @@
-"""Shared pieces of the training launches (align, finetune, sink): one absl flag per config field, the trainer
-settings from a config, refusal evaluation on prompt sets, and the training-curve plot."""
+"""What the training jobs (align, finetune) and the sink job share: the trainer settings of a config, refusal
+evaluation on prompt sets, harmful answers from an unaligned model, and the training-curve plot."""
 
 from __future__ import annotations
 
@@ -7,36 +7,20 @@ import dataclasses
 import json
 import os
 
-from absl import flags, logging
-from ml_collections import config_flags
-
-from launch import common
-
-_FLAG_KINDS = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float,
-               str: flags.DEFINE_string}
-
-
-def define_config_flags(config_file: str, get_config) -> None:
-    """`--config` (a configs/*.py file) and one override flag per field of its config, e.g. `--surgery_lambda`."""
-    config_flags.DEFINE_config_file("config", config_file, "ml_collections config file.")
-    for name, value in get_config().items():
-        _FLAG_KINDS[type(value)](name, None, f"Overrides config.{name} (default {value!r}).")
-
-
-def quiet_logs() -> None:
-    """Hides Orbax's per-save INFO lines unless `--verbosity` was given."""
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+from jaxheads.jobs import common
 
 
 def train_config(config, num_examples: int):
-    """The `TrainConfig` named by the config's fields; `steps = 0` means `epochs` passes over the examples."""
+    """The `TrainConfig` named by the config's fields; `steps = 0` means `epochs` passes over the examples.
+    Bad settings raise here, before any work."""
     from jaxheads.train import TrainConfig
     from jaxheads.train.trainer import epochs_to_steps
 
     names = {field.name for field in dataclasses.fields(TrainConfig)}
     values = {name: config[name] for name in names if name in config}
     values["lora_targets"] = tuple(part.strip() for part in config.lora_targets.split(",") if part.strip())
+    common.require_int(config, "steps", minimum=0)
+    common.require(config, "epochs", lambda epochs: epochs > 0, "> 0")
     train = TrainConfig(**{**values, "steps": max(config.steps, 1)})
     if config.steps == 0:
         train = dataclasses.replace(train, steps=epochs_to_steps(num_examples, config.epochs, train))
@@ -47,27 +31,23 @@ def refusal_eval(model, source: str, config, out_path: str, limit: int = 0, prom
     """Greedy responses to the prompts of `source` judged by the keyword judge: `{"asr", "refusal_rate", "n"}`.
     The responses are written to `out_path` (JSONL)."""
     from jaxheads import io
-    from jaxheads.data.formats import format_prompt
-    from jaxheads.data.loaders import load_prompts
     from jaxheads.eval import asr
 
-    queries = load_prompts(source, limit=limit or None)
-    prompt_format = prompt_format or config.prompt_format
-    prompts = [format_prompt(query, prompt_format, model.tokenizer) for query in queries]
-    result = asr.evaluate(model, queries, prompts, max_new_tokens=config.eval_tokens,
+    data = common.load_prompt_set(model, source, prompt_format or config.prompt_format, limit=limit)
+    result = asr.evaluate(model, data.queries, data.prompts, max_new_tokens=config.eval_tokens,
                           batch_size=config.eval_batch_size, progress=True, mesh=common.device_mesh(config))
     io.atomic_write_text(out_path, "".join(json.dumps(record) + "\n" for record in result.records))
     return {"asr": result.asr, "refusal_rate": 1 - result.asr, "n": result.n}
 
 
-def plot_training(records: list[dict], out_dir: str) -> None:
+def plot_training(records: list[dict], out_dir: str, title: str) -> None:
     """Saves `training.png`: the loss, and the Surgery penalty and positive-head count when logged."""
     from jaxheads import plots
 
     keys = ["loss", "ce", "penalty"] if any("penalty" in record for record in records) else ["loss"]
     if any("positive_heads" in record for record in records):
         keys.append("positive_heads")
-    plots.plot_curves(records, keys, os.path.join(out_dir, "training.png"), title="training")
+    plots.plot_curves(records, keys, os.path.join(out_dir, "training.png"), title=title)
 
 
 def harmful_pairs(answers_model, queries, config, cache_path: str) -> list[tuple[str, str]]:

@@ -1,0 +1,181 @@
+"""What the jobs share: settings checked before any work, the model and prompts a config names, the fingerprint
+of a run, and result files that say what produced them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from jaxheads import io
+from jaxheads.errors import DataError, JaxheadsError
+from jaxheads.provenance import provenance
+
+# Settings that only place work on devices, decide when to save, or name the output: they may change between a
+# run and its resume without changing a result.
+PLACEMENT = ("out", "mesh", "chunk_size", "fsdp", "save_every", "keep_checkpoints")
+DTYPE_NAMES = ("float32", "bfloat16")
+
+
+def require(config, name: str, ok: Callable[[Any], bool], wanted: str) -> None:
+    """Raises an error naming the flag `name` unless `ok(config[name])`."""
+    value = config[name]
+    try:
+        passed = bool(ok(value))
+    except (TypeError, ValueError):
+        passed = False
+    if not passed:
+        raise JaxheadsError(f"--{name} must be {wanted}, got {value!r}")
+
+
+def require_int(config, *names: str, minimum: int = 1) -> None:
+    """Each named setting is an integer of at least `minimum`."""
+    for name in names:
+        require(config, name, lambda value: isinstance(value, int) and value >= minimum,
+                f"an integer >= {minimum}")
+
+
+def require_choice(config, name: str, choices: Sequence[str]) -> None:
+    require(config, name, lambda value: value in choices, f"one of {', '.join(choices)}")
+
+
+def check_epsilon(config) -> None:
+    """ua needs 0 < ε < 1 (ε = 0 would make the logits 0, ε = 1 ablates nothing); sc allows ε = 0 (zero
+    ablation); mean ignores ε."""
+    low_ok = {"ua": lambda e: e > 0, "sc": lambda e: e >= 0}.get(config.ablation)
+    if low_ok is not None:
+        bound = "0 < epsilon < 1" if config.ablation == "ua" else "0 <= epsilon < 1"
+        require(config, "epsilon", lambda e: math.isfinite(e) and low_ok(e) and e < 1,
+                f"finite with {bound} for --ablation={config.ablation}")
+
+
+def check_model_settings(config) -> None:
+    require_choice(config, "dtype", DTYPE_NAMES)
+
+
+def check_prompt_settings(config) -> None:
+    """The settings that pick and format prompts."""
+    from jaxheads.data.formats import PROMPT_FORMATS
+
+    require_int(config, "limit", minimum=0)
+    if "prompt_format" in config:
+        require_choice(config, "prompt_format", PROMPT_FORMATS)
+
+
+def check_scan_settings(config) -> None:
+    """The settings of the Ships and Sahara scans."""
+    from jaxheads.interventions import ABLATION_KINDS
+
+    check_model_settings(config)
+    check_prompt_settings(config)
+    require_choice(config, "ablation", ABLATION_KINDS)
+    check_epsilon(config)
+    require_int(config, "batch_size")
+    require_int(config, "chunk_size", minimum=0)
+
+
+def load_model(config, field: str = "model"):
+    """The model named by `config[field]` ("" = the embedded default) in `config.dtype`."""
+    import jaxheads
+
+    return jaxheads.load(config[field] or None, dtype=config.dtype)
+
+
+def device_mesh(config):
+    """The `(data, model)` mesh of `config.mesh` ("" = every device data-parallel)."""
+    from jaxheads.sharding import parse_mesh
+
+    return parse_mesh(config.mesh)
+
+
+@dataclasses.dataclass
+class PromptSet:
+    """Queries of a dataset, their formatted prompts and token ids, and each one's position in its source."""
+
+    source: str
+    queries: list[str]
+    prompts: list[str]
+    ids: list[list[int]]
+    rows: list[int]
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    @property
+    def data_fingerprint(self) -> dict:
+        return {"source": self.source, "count": len(self), "sha256": io.content_hash(self.prompts)}
+
+
+def load_prompt_set(model, source: str, prompt_format: str, column: str = "", limit: int = 0) -> PromptSet:
+    """The prompts of `source` formatted for `model` and tokenized; prompts longer than the model's context are
+    reported by their position in the source before any work starts."""
+    from jaxheads.data.formats import format_prompt
+    from jaxheads.data.loaders import load_prompt_rows
+    from jaxheads.generate import encode_prompts
+
+    rows = load_prompt_rows(source, column=column or None, limit=limit or None)
+    queries = [query for _, query in rows]
+    prompts = [format_prompt(query, prompt_format, model.tokenizer) for query in queries]
+    ids = [encode_prompts(model.tokenizer, [prompt], pad_to_multiple=1)[0][0].tolist() for prompt in prompts]
+    context = model.config.max_position_embeddings
+    too_long = [(row, len(row_ids)) for (row, _), row_ids in zip(rows, ids) if len(row_ids) > context]
+    if too_long:
+        listed = ", ".join(f"{row} ({length} tokens)" for row, length in too_long[:10])
+        more = f" and {len(too_long) - 10} more" if len(too_long) > 10 else ""
+        raise DataError(f"{len(too_long)} prompts of {source} are longer than the model's context of {context} tokens, "
+                        f"at positions (0-based, in source order) {listed}{more}; shorten or remove them")
+    return PromptSet(source, queries, prompts, ids, [row for row, _ in rows])
+
+
+def config_prompts(config, model) -> PromptSet:
+    """The prompt set of a config's `dataset`, `prompt_format`, `column` and `limit`."""
+    return load_prompt_set(model, config.dataset, config.prompt_format, config.get("column", ""), config.limit)
+
+
+def fingerprint(job: str, config, models: dict[str, Any], data: dict[str, Any] | None = None,
+                exclude: Sequence[str] = ()) -> dict:
+    """Everything a job's results depend on: the files of its `models` ({role: Model}), the content of its `data`
+    ({role: PromptSet or anything JSON can hold}) and every setting of `config` but those that only place work
+    (`PLACEMENT`) and `exclude`."""
+    data = {name: value.data_fingerprint if isinstance(value, PromptSet) else {"sha256": io.content_hash(value)}
+            for name, value in (data or {}).items()}
+    settings = {name: value for name, value in config.items() if name not in PLACEMENT and name not in exclude}
+    return {"job": job, "models": {role: {"name": model.name, **model.fingerprint} for role, model in models.items()},
+            "data": data, "settings": settings}
+
+
+def shape_fields(model, num_prompts: int | None = None) -> dict:
+    """The keys every result file uses for the model's shape and the number of prompts."""
+    fields = {"model": model.name, "num_layers": model.config.num_layers, "num_heads": model.config.num_heads}
+    if num_prompts is not None:
+        fields["num_prompts"] = num_prompts
+    return fields
+
+
+def write_result(out: str, name: str, result: dict) -> str:
+    """Writes `result` as `out/name` with its `provenance` first; returns the path."""
+    path = os.path.join(out, name)
+    io.atomic_write_json(path, {"provenance": provenance(), **result})
+    return path
+
+
+def json_table(array) -> list:
+    """An array as nested lists with NaN as None (JSON has no NaN)."""
+    array = np.asarray(array, float)
+    return np.where(np.isnan(array), None, array).tolist()
+
+
+def stopwatch() -> Callable[[], float]:
+    """A function returning the seconds since it was last called (or created)."""
+    last = [time.perf_counter()]
+
+    def lap() -> float:
+        now = time.perf_counter()
+        elapsed, last[0] = now - last[0], now
+        return elapsed
+
+    return lap

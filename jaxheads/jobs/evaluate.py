@@ -1,0 +1,81 @@
+"""`jaxheads evaluate`: attack success rate with heads ablated; writes asr.json and generations.jsonl.
+
+The heads are given as layer:head pairs (`ablate`), as the chosen heads of a sahara.json (`ablate_from`), or as
+each prompt's own top-k heads of a ships.json (`top_k_from`, whose prompts are then evaluated)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from jaxheads import io
+from jaxheads.errors import JaxheadsError
+from jaxheads.jobs import common
+
+
+def parse_heads(text: str) -> list[tuple[int, int]]:
+    """'2:3,10:0' -> [(2, 3), (10, 0)]."""
+    heads = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            layer, head = item.split(":")
+            heads.append((int(layer), int(head)))
+        except ValueError as error:
+            raise JaxheadsError(f"--ablate wants layer:head pairs like 2:3,10:0; cannot read {item!r}") from error
+    return heads
+
+
+def check_config(config) -> None:
+    from jaxheads.interventions import ABLATION_KINDS
+
+    common.check_model_settings(config)
+    common.check_prompt_settings(config)
+    common.require_choice(config, "ablation", ABLATION_KINDS)
+    common.check_epsilon(config)
+    common.require_int(config, "max_new_tokens", "batch_size", "top_k")
+    parse_heads(config.ablate)
+    if config.top_k_from and (config.ablate or config.ablate_from):
+        raise JaxheadsError("--top_k_from cannot be combined with --ablate or --ablate_from")
+
+
+def generation_settings(config) -> dict:
+    """How the responses were generated (recorded with every ASR)."""
+    return {"decoding": "greedy", "max_new_tokens": config.max_new_tokens, "prompt_format": config.prompt_format,
+            "dtype": config.dtype, "batch_size": config.batch_size}
+
+
+def run(config) -> dict:
+    """Generates and judges the responses; returns the contents of asr.json."""
+    from jaxheads.eval import asr
+
+    check_config(config)
+    with io.RunFolder(config.out):
+        model = common.load_model(config)
+        per_prompt = bool(config.top_k_from)
+        if per_prompt:
+            ships = io.read_json(config.top_k_from)
+            count = config.limit or len(ships["queries"])
+            queries, prompts = ships["queries"][:count], ships["prompts"][:count]
+            heads = asr.top_heads_per_prompt(np.array(ships["scores"])[:len(prompts)], config.top_k)
+            dataset = f"the prompts of {config.top_k_from}"
+        else:
+            data = common.config_prompts(config, model)
+            queries, prompts, dataset = data.queries, data.prompts, config.dataset
+            heads = parse_heads(config.ablate)
+            if config.ablate_from:
+                heads += [tuple(head) for head in io.read_json(config.ablate_from)["heads"]]
+        result = asr.evaluate(model, queries, prompts, heads, per_prompt=per_prompt, kind=config.ablation,
+                              epsilon=config.epsilon, max_new_tokens=config.max_new_tokens,
+                              batch_size=config.batch_size, progress=True, mesh=common.device_mesh(config))
+        io.atomic_write_text(os.path.join(config.out, "generations.jsonl"),
+                             "".join(json.dumps(record) + "\n" for record in result.records))
+        ablated = f"top-{config.top_k} per prompt" if per_prompt else [list(head) for head in heads]
+        output = {**common.shape_fields(model, result.n), "dataset": dataset, "asr": result.asr,
+                  "ablated": ablated, "ablation": config.ablation, "epsilon": config.epsilon,
+                  "judge": asr.judge_description(None), "generation": generation_settings(config),
+                  "settings": config.to_dict()}
+        common.write_result(config.out, "asr.json", output)
+    print(f"ASR {result.asr:.3f} over {result.n} prompts with {ablated} ablated; wrote {config.out}/asr.json")
+    return output

@@ -1,0 +1,103 @@
+"""`jaxheads sahara_asr`: ASR with Sahara's first k heads ablated (k = 1..K) next to k random heads (the mean of
+several draws), the control that shows whether the heads Sahara found matter more than any heads; writes
+sahara_asr.json and sahara_asr.png. Each finished setting is appended to sahara_asr.partial.jsonl, so an
+interrupted run resumes with the next one."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from jaxheads import io, plots
+from jaxheads.errors import JaxheadsError
+from jaxheads.jobs import common
+from jaxheads.jobs.evaluate import generation_settings
+
+LOG = "sahara_asr.partial.jsonl"
+
+
+def head_settings(sahara_heads, num_layers: int, num_heads: int, max_heads: int, draws: int, seed: int):
+    """The settings to evaluate, in order: no ablation, Sahara's first k heads, then `draws` sets of k random
+    heads not chosen by Sahara, for k = 1..max_heads. Each is `(name, k, [(layer, head), ...])`."""
+    sahara_heads = [tuple(int(x) for x in head) for head in sahara_heads]
+    if not 1 <= max_heads <= len(sahara_heads):
+        raise JaxheadsError(f"--max_heads must be in 1..{len(sahara_heads)} (the heads in the sahara.json), "
+                            f"got {max_heads}")
+    others = [(layer, head) for layer in range(num_layers) for head in range(num_heads)
+              if (layer, head) not in sahara_heads]
+    rng = np.random.default_rng(seed)
+    settings = [("none", 0, [])]
+    settings += [("sahara", k, sahara_heads[:k]) for k in range(1, max_heads + 1)]
+    for k in range(1, max_heads + 1):
+        for _ in range(draws):
+            chosen = rng.choice(len(others), size=k, replace=False)
+            settings.append(("random", k, [others[i] for i in sorted(chosen)]))
+    return settings
+
+
+def summary(records: list[dict], max_heads: int) -> dict:
+    """`{"none": asr, "sahara": [asr for k], "random_mean": [...], "random_std": [...]}` from per-setting records."""
+    def asr(name, k):
+        return [r["asr"] for r in records if r["name"] == name and r["k"] == k]
+
+    random = [asr("random", k) for k in range(1, max_heads + 1)]
+    return {"none": asr("none", 0)[0], "sahara": [asr("sahara", k)[0] for k in range(1, max_heads + 1)],
+            "random_mean": [float(np.mean(draws)) for draws in random],
+            "random_std": [float(np.std(draws)) for draws in random]}
+
+
+def check_config(config) -> None:
+    from jaxheads.interventions import ABLATION_KINDS
+
+    common.check_model_settings(config)
+    common.check_prompt_settings(config)
+    common.require_choice(config, "ablation", ABLATION_KINDS)
+    common.check_epsilon(config)
+    common.require_int(config, "max_new_tokens", "batch_size", "random_draws")
+    common.require_int(config, "max_heads", "seed", minimum=0)
+    common.require(config, "sahara", bool, "the path of a sahara.json")
+
+
+def run(config) -> dict:
+    """Evaluates every setting (resuming finished ones); returns the contents of sahara_asr.json."""
+    from jaxheads.eval import asr
+
+    check_config(config)
+    sahara = io.read_json(config.sahara)
+    with io.RunFolder(config.out) as folder:
+        model = common.load_model(config)
+        data = common.config_prompts(config, model)
+        max_heads = config.max_heads or len(sahara["heads"])
+        settings = head_settings(sahara["heads"], model.config.num_layers, model.config.num_heads, max_heads,
+                                 config.random_draws, config.seed)
+        folder.check(common.fingerprint("sahara_asr", config, {"model": model},
+                                        {"prompts": data, "sahara_heads": sahara["heads"]}), [LOG])
+        log = io.JsonlLog(os.path.join(config.out, LOG))
+        done = {record["index"]: record for record in log.read()}
+        mesh = common.device_mesh(config)
+        for index, (name, k, heads) in enumerate(settings):
+            if index in done:
+                continue
+            result = asr.evaluate(model, data.queries, data.prompts, heads, kind=config.ablation,
+                                  epsilon=config.epsilon, max_new_tokens=config.max_new_tokens,
+                                  batch_size=config.batch_size, mesh=mesh)
+            done[index] = {"index": index, "name": name, "k": k, "heads": [list(h) for h in heads],
+                           "asr": result.asr}
+            log.append(done[index])
+            print(f"[{index + 1}/{len(settings)}] {name} k={k} {heads}: ASR {result.asr:.3f}", flush=True)
+        records = [done[i] for i in range(len(settings))]
+        table = summary(records, max_heads)
+        output = {**common.shape_fields(model, len(data)), "dataset": config.dataset,
+                  "sahara": os.path.abspath(config.sahara), "ablation": config.ablation, "epsilon": config.epsilon,
+                  "judge": asr.judge_description(None), "generation": generation_settings(config),
+                  "axes": {"sahara": ["k"], "random_mean": ["k"], "random_std": ["k"]}, **table,
+                  "evaluations": records, "settings": config.to_dict()}
+        common.write_result(config.out, "sahara_asr.json", output)
+        plots.plot_ablation_asr(table, os.path.join(config.out, "sahara_asr.png"),
+                                title=f"ASR of {model.name} on {len(data)} prompts of {config.dataset}")
+    for k in range(1, max_heads + 1):
+        print(f"k={k}: Sahara ASR {table['sahara'][k - 1]:.3f}, random ASR {table['random_mean'][k - 1]:.3f} "
+              f"± {table['random_std'][k - 1]:.3f} (no ablation {table['none']:.3f})")
+    print(f"wrote {config.out}/sahara_asr.json and sahara_asr.png")
+    return output

@@ -1,0 +1,36 @@
+"""The `jaxheads` command: `jaxheads COMMAND [--FLAG=VALUE ...]` runs the launch `jaxheads.launch.COMMAND`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> one line; each is the module jaxheads.launch.<command>
+COMMANDS = {
+    "ships": "query-level Ships of every head over a prompt set",
+    "sahara": "greedy search for the heads whose ablation most changes the prompts' representation",
+    "evaluate": "attack success rate with heads ablated",
+    "sahara_asr": "ASR with Sahara's first k heads next to k random heads",
+    "sink": "per-head sink attention and sink divergence on (harmful, safe) pairs",
+    "align": "safety alignment by supervised fine-tuning",
+    "finetune": "harmful fine-tuning (SFT or Surgery) of an aligned model",
+}
+
+
+def usage() -> str:
+    lines = ["usage: jaxheads COMMAND [--FLAG=VALUE ...]", "", "commands:"]
+    lines += [f"  {name:<12} {line}" for name, line in COMMANDS.items()]
+    lines += ["", "`jaxheads COMMAND --help` lists a command's flags and their defaults."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        sys.stdout.write(usage())
+        sys.exit(0)
+    command = argv[1]
+    if command not in COMMANDS:
+        sys.stderr.write(f"jaxheads: unknown command {command!r}\n\n{usage()}")
+        sys.exit(2)
+    importlib.import_module(f"jaxheads.launch.{command}").main([f"jaxheads {command}", *argv[2:]])

@@ -1,0 +1,101 @@
+"""The installed `jaxheads` command: subcommands, help texts, one flag mechanism, config files, error lines, and a
+run from a folder outside the repository."""
+
+import importlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from jaxheads.launch.cli import COMMANDS
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+JAXHEADS = shutil.which("jaxheads", path=os.path.dirname(sys.executable)) or shutil.which("jaxheads")
+
+
+def jaxheads(*args, cwd, devices=1):
+    assert JAXHEADS, "the jaxheads command is not installed: pip install -e ."
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)}
+    return subprocess.run([JAXHEADS, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_command_lists_its_subcommands(tmp_path):
+    result = jaxheads("--help", cwd=tmp_path)
+    assert result.returncode == 0 and all(f"  {name} " in result.stdout for name in COMMANDS)
+    unknown = jaxheads("shipz", cwd=tmp_path)
+    assert unknown.returncode == 2 and "unknown command 'shipz'" in unknown.stderr
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_help_lists_every_setting_with_its_default_and_exits_0(command, tmp_path):
+    config = importlib.import_module(f"jaxheads.configs.{command}")
+    result = jaxheads(command, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name, value in config.get_config().items():
+        shown = f"'{value}'" if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else value
+        assert f"\n  --{name}={shown}\n" in result.stdout
+    assert "--config=FILE" in result.stdout and "--debug" in result.stdout
+
+
+def test_every_config_field_has_one_help_line():
+    for command in COMMANDS:
+        config = importlib.import_module(f"jaxheads.configs.{command}")
+        assert list(config.HELP) and set(config.HELP) == set(config.get_config()), command
+        assert all(line and "\n" not in line for line in config.HELP.values())
+
+
+def test_python_dash_m_runs_a_launch(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-m", "jaxheads.launch.sahara", "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--steps=3" in result.stdout
+
+
+def test_ships_from_another_folder_with_a_config_file(tiny_model_with_tokenizer, tmp_path):
+    """Flags given on the command line win over the config file, which wins over the defaults."""
+    config_file = tmp_path / "my_ships.py"
+    config_file.write_text(
+        "from jaxheads.configs import ships\n\n"
+        "def get_config():\n"
+        "    config = ships.get_config()\n"
+        "    config.limit = 3\n"
+        "    config.batch_size = 3\n"
+        "    return config\n")
+    result = jaxheads("ships", f"--config={config_file}", "--limit=2", f"--model={tiny_model_with_tokenizer}",
+                      "--out=result", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "result" / "ships.json").read_text())
+    assert written["num_prompts"] == 2 and written["settings"]["batch_size"] == 3
+    assert written["provenance"]["argv"][1:4] == ["ships", f"--config={config_file}", "--limit=2"]
+    assert (tmp_path / "result" / "ships_heatmap.png").exists()
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    result = jaxheads("ships", "--chunk_size=-5", "--out=out", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "jaxheads ships: error: --chunk_size must be an integer >= 0, got -5"
+    debug = jaxheads("ships", "--chunk_size=-5", "--out=out", "--debug", cwd=tmp_path)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    config_file = tmp_path / "bad.py"
+    config_file.write_text("import ml_collections\n\ndef get_config():\n"
+                           "    return ml_collections.ConfigDict({'chunk': 4})\n")
+    unknown = jaxheads("ships", f"--config={config_file}", cwd=tmp_path)
+    assert unknown.returncode == 2 and "has fields this command does not know: chunk" in unknown.stderr
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists the packages by hand (launch/ and configs/ are mapped into jaxheads), so a new subpackage
+    must be listed there too."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = {folder: package for package, folder in setuptools["package-dir"].items()}
+    found = set()
+    for top in ("jaxheads", "launch", "configs"):
+        for init in (REPO / top).glob("**/__init__.py"):
+            rest = init.parent.relative_to(REPO / top).as_posix().replace("/", ".").strip(".")
+            found.add(".".join(filter(None, [mapped.get(top, top), rest])))
+    assert found == set(setuptools["packages"])
