@@ -28,7 +28,7 @@ def run_two_processes(command: list[str]) -> list[str]:
     slurm = {"SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
              "JAX_COORDINATOR_PORT": str(free_port())}
     env = {**os.environ, **slurm, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2",
-           "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo", "PYTHONPATH": ROOT,
+           "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
            "XLA_FLAGS": "--xla_backend_optimization_level=0"}  # compiles in half the time
     processes = [subprocess.Popen([sys.executable, *command], cwd=ROOT, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -41,11 +41,11 @@ def run_two_processes(command: list[str]) -> list[str]:
 
 def test_two_process_ships_launch_equals_one_process(tiny_model_with_tokenizer, tmp_path):
     out = tmp_path / "ships"
-    run_two_processes(["-m", "launch.ships", f"--model={tiny_model_with_tokenizer}", "--limit=5", "--batch_size=2",
-                       "--mesh=2,2", "--distributed", f"--out={out}"])
+    run_two_processes(["-m", "jaxheads.launch.ships", f"--model={tiny_model_with_tokenizer}", "--limit=5",
+                       "--batch_size=2", "--mesh=2,2", "--distributed", f"--out={out}"])
     result = json.loads((out / "ships.json").read_text())
     # Each record was appended once: only process 0 writes, though both computed every batch.
-    assert len((out / "ships.partial.jsonl").read_text().splitlines()) == 1 + 5
+    assert len((out / "ships.partial.jsonl").read_text().splitlines()) == 5
     model = jaxheads.load(tiny_model_with_tokenizer)
     expected = ships.query_level(model, result["prompts"], "ua", batch_size=2)
     np.testing.assert_allclose(result["scores"], expected, rtol=1e-5, atol=1e-6)  # as test_sharding
@@ -75,12 +75,16 @@ def test_each_process_places_only_its_own_rows():
 
 
 def test_two_process_align_launch_equals_one_process(tiny_model_with_tokenizer, tmp_path):
+    """Two SGD steps: the runs differ only by float32 rounding of the (clipped, norm <= 1) gradients' sums taken in
+    another order, so each update agrees within lr * 1e-5 and each weight within that plus its own rounding per
+    step. (With Adam the first steps divide by sqrt(v) + 1e-8, which turns rounding of gradients near 1e-8 into
+    differences near the learning rate.)"""
     flags = [f"--model={tiny_model_with_tokenizer}", "--train_limit=4", "--answer_tokens=8", "--steps=2",
-             "--batch_size=4", "--warmup_steps=0", "--learning_rate=1e-2", "--advbench=", "--eval_limit=2",
+             "--batch_size=4", "--warmup_steps=0", "--optimizer=sgd", "--learning_rate=1e-2", "--eval_limit=2",
              "--eval_tokens=4", "--evaluate_before=false", "--mesh=2,2"]
-    run_two_processes(["-m", "launch.align", *flags, "--distributed", f"--out={tmp_path / 'two'}"])
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4", "PYTHONPATH": ROOT}
-    single = subprocess.run([sys.executable, "-m", "launch.align", *flags, f"--out={tmp_path / 'one'}"], cwd=ROOT,
+    run_two_processes(["-m", "jaxheads.launch.align", *flags, "--distributed", f"--out={tmp_path / 'two'}"])
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
+    single = subprocess.run([sys.executable, "-m", "jaxheads.launch.align", *flags, f"--out={tmp_path / 'one'}"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=600, check=False)
     assert single.returncode == 0, single.stderr[-3000:]
 
@@ -92,4 +96,8 @@ def test_two_process_align_launch_equals_one_process(tiny_model_with_tokenizer, 
     assert json.loads((tmp_path / "two" / "align.json").read_text())["steps"] == 2
     exported = jaxheads.load(str(tmp_path / "two" / "model"))
     reference = jaxheads.load(str(tmp_path / "one" / "model"))
-    np.testing.assert_allclose(exported.module.embed[...], reference.module.embed[...], rtol=1e-4, atol=1e-5)
+    for name in ("embed", "q", "down"):
+        ours, theirs = np.asarray(getattr(exported.module, name)[...]), np.asarray(getattr(reference.module, name)[...])
+        # per step: the update's own difference (lr * 1e-5) plus one rounding of the weight (its float32 spacing)
+        atol = 2 * (1e-2 * 1e-5 + np.spacing(np.abs(theirs).max()))
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=atol)

@@ -138,11 +138,22 @@ def _param_names(model):
     return list(param_shapes(model.config))
 
 
-def test_checkpoint_of_another_model_shape_is_a_clear_error(tiny_checkpoint, tmp_path):
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tiny_checkpoint, tmp_path):
+    """Another model, other examples, or a finished run asked for other steps: each is refused with what differs."""
     config = TrainConfig(steps=1, batch_size=2)
-    train(jaxheads.load(tiny_checkpoint("llama_mha")[1]), _examples(2, seed=5), config, tmp_path)
-    with pytest.raises(CheckpointError, match="another model"):
-        train(jaxheads.load(tiny_checkpoint("llama_gqa_llama3_rope_tied")[1]), _examples(2, seed=5), config, tmp_path)
+    examples = _examples(2, seed=5)
+    train(jaxheads.load(tiny_checkpoint("llama_mha")[1]), examples, config, tmp_path)
+    other_model = jaxheads.load(tiny_checkpoint("llama_gqa_llama3_rope_tied")[1])
+    with pytest.raises(CheckpointError, match=r"another training run; what differs .*model\.config_sha256"):
+        train(other_model, examples, config, tmp_path)
+    model = jaxheads.load(tiny_checkpoint("llama_mha")[1])
+    with pytest.raises(CheckpointError, match=r"examples: "):
+        train(model, _examples(2, seed=6), config, tmp_path)
+    with pytest.raises(CheckpointError, match=r"settings\.steps: 1 -> 2"):
+        train(model, examples, TrainConfig(steps=2, batch_size=2), tmp_path)
+    with pytest.raises(CheckpointError, match=r"settings\.learning_rate"):
+        train(model, examples, TrainConfig(steps=1, batch_size=2, learning_rate=1e-3), tmp_path)
+    assert train(model, examples, TrainConfig(steps=1, batch_size=2, save_every=7), tmp_path).step == 1
 
 
 def test_bad_settings_are_clear_errors(tiny_checkpoint, tmp_path):

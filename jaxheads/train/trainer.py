@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -25,7 +26,7 @@ from jax.sharding import Mesh
 
 from jaxheads.errors import JaxheadsError
 from jaxheads.generate import pad_id
-from jaxheads.io import JsonlLog
+from jaxheads.io import JsonlLog, content_hash, fingerprint_changes
 from jaxheads.loading import DTYPES, Model, module_class, module_from_arrays
 from jaxheads.models.config import ModelConfig
 from jaxheads.sharding import DATA, MODEL, fsdp_specs, place_rows, to_host, tree_shardings
@@ -34,6 +35,7 @@ from jaxheads.train import lora as lora_lib
 from jaxheads.train.data import Batch, Example, PairSet, pad_right, sample_indices
 
 SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adamw", "sgd")
 SINK_EVAL_PAIRS = 8  # pairs behind the logged positive-divergence head count
 
 
@@ -49,6 +51,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     learning_rate: float = 1e-4
+    optimizer: str = "adamw"  # or "sgd" (plain gradient steps: no moment estimates, no epsilon)
     schedule: str = "cosine"  # linear warm-up, then cosine decay to min_lr_ratio · lr, or constant
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
@@ -74,6 +77,8 @@ class TrainConfig:
                      "surgery_batch"):
             if getattr(self, name) < 1:
                 raise JaxheadsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise JaxheadsError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise JaxheadsError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.dtype not in DTYPES:
@@ -123,14 +128,19 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Clipping and AdamW (no decay on norms and biases), accumulated over `grad_accum` micro-batches."""
+    """Clipping and AdamW (no decay on norms and biases) or plain SGD with the same decay, accumulated over
+    `grad_accum` micro-batches."""
     def decay_mask(params):
         if config.lora is not None:
             return jax.tree.map(lambda _: True, params)
         return {name: not name.endswith(("norm", "bias")) for name in params}
 
     parts = [optax.clip_by_global_norm(config.max_grad_norm)] if config.max_grad_norm > 0 else []
-    parts.append(optax.adamw(learning_rate_schedule(config), weight_decay=config.weight_decay, mask=decay_mask))
+    schedule = learning_rate_schedule(config)
+    if config.optimizer == "adamw":
+        parts.append(optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask))
+    else:
+        parts += [optax.add_decayed_weights(config.weight_decay, mask=decay_mask), optax.sgd(schedule)]
     return optax.MultiSteps(optax.chain(*parts), every_k_schedule=config.grad_accum)
 
 
@@ -163,11 +173,23 @@ def _loss(params, frozen, batch: Batch, pairs: tuple[Batch, Batch] | None, *, mo
     return loss, metrics
 
 
-def model_fingerprint(model_config: ModelConfig, config: TrainConfig) -> dict:
-    """What a checkpoint must match to be resumed by this run: parameter shapes and the LoRA setup."""
-    lora = config.lora
-    return {"param_shapes": {name: list(shape) for name, shape in module_class(model_config).shapes(model_config).items()},
-            "lora": None if lora is None else {"rank": lora.rank, "alpha": lora.alpha, "targets": list(lora.targets)}}
+# TrainConfig fields that only place the work or decide when to save: a run may resume with other values.
+PLACEMENT_FIELDS = ("fsdp", "save_every", "keep_checkpoints")
+
+
+def run_fingerprint(model: Model, examples: Sequence[Example], pairs: PairSet | None, config: TrainConfig) -> dict:
+    """What a checkpoint must match to be resumed by this run: the model's files (`Model.fingerprint`) and
+    parameter shapes, the training examples and Surgery pairs (hashes of their token ids), and every
+    `TrainConfig` field that changes the result (so a finished run asked for other steps is refused too)."""
+    shapes = module_class(model.config).shapes(model.config)
+    settings = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
+                if field.name not in PLACEMENT_FIELDS}
+    return {"model": {"name": model.name, **model.fingerprint},
+            "param_shapes": {name: list(shape) for name, shape in shapes.items()},
+            "examples": content_hash([[list(example.ids), example.prompt_length] for example in examples]),
+            "pairs": None if pairs is None else content_hash(
+                [[list(example.ids), example.prompt_length] for example in pairs.harmful + pairs.safe]),
+            "settings": json.loads(json.dumps(settings))}
 
 
 def _checkpoint_manager(directory: str, config: TrainConfig) -> ocp.CheckpointManager:
@@ -190,17 +212,16 @@ def training_shardings(tree, model_config: ModelConfig, config: TrainConfig, mes
 
 def _restore(manager: ocp.CheckpointManager, state: TrainState, fingerprint: dict,
              shardings: TrainState | None) -> tuple[TrainState, dict]:
-    """The latest checkpoint's state and metadata, after checking that it belongs to this model. With
-    `shardings` the arrays are restored straight into that layout (which may be another mesh's than the one
-    that saved them)."""
+    """The latest checkpoint's state and metadata, after checking that it was written by a run with this
+    fingerprint. With `shardings` the arrays are restored straight into that layout (which may be another
+    mesh's than the one that saved them)."""
     step = manager.latest_step()
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    if meta.get("fingerprint") != fingerprint:
-        theirs = (meta.get("fingerprint") or {})
+    changes = fingerprint_changes(meta.get("fingerprint") or {}, fingerprint)
+    if changes:
         raise CheckpointError(
-            f"the checkpoint in {manager.directory} was written for another model or LoRA setup "
-            f"(shapes {theirs.get('param_shapes')}, LoRA {theirs.get('lora')}), not this one (shapes "
-            f"{fingerprint['param_shapes']}, LoRA {fingerprint['lora']}); use another output directory or delete it")
+            f"the checkpoint in {manager.directory} was written by another training run; what differs (checkpoint "
+            f"-> now): {'; '.join(changes)}. Use another output folder, or delete it to start over")
     if shardings is None:
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     else:
@@ -258,7 +279,7 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
         state = jax.device_put(state, shardings)
         frozen = jax.device_put(frozen, training_shardings(frozen, model_config, config, mesh))
         place_batch = functools.partial(place_rows, mesh=mesh)
-    fingerprint = model_fingerprint(model_config, config)
+    fingerprint = run_fingerprint(model, examples, pairs, config)
     manager = _checkpoint_manager(os.path.join(out_dir, "checkpoints"), config)
     pending: list[dict] = []
     if manager.latest_step() is not None:
