@@ -31,6 +31,7 @@ IGNORED_WEIGHTS = re.compile(r".*rotary_emb\.inv_freq$|^(model\.)?(vision_tower|
 # `language_model.model.` (earlier); both are read as the text model's `model.` (its LM head likewise).
 TEXT_DECODER_PREFIX = re.compile(r"^(model\.language_model\.|language_model\.model\.)")
 TEXT_LM_HEAD = "language_model.lm_head.weight"
+MISSING_WEIGHTS_SHOWN = 8  # a LoadError names this many missing weights, then counts the rest
 
 
 @dataclasses.dataclass
@@ -100,11 +101,23 @@ def module_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarra
                 raise LoadError(f"weight {hf_name!r} of shape {tensor.shape} does not fit the config")
             arrays[param][...] = value
             filled[param].add(None)
-    missing = [name for name, seen in filled.items()
-               if len(seen) != (1 if name in llama.GLOBAL_PARAMS else cfg.num_layers)]
+    missing = _missing_weights(cfg, filled)
     if missing:
-        raise LoadError(f"checkpoint is missing weights for: {', '.join(sorted(missing))}")
+        shown = ", ".join(missing[:MISSING_WEIGHTS_SHOWN])
+        more = f" and {len(missing) - MISSING_WEIGHTS_SHOWN} more" if len(missing) > MISSING_WEIGHTS_SHOWN else ""
+        raise LoadError(f"checkpoint is missing weights: {shown}{more}")
     return module_from_arrays(cfg, arrays, dtype)
+
+
+def _missing_weights(cfg: ModelConfig, filled: dict[str, set[int | None]]) -> list[str]:
+    """The Hugging Face names of the weights that `filled` (parameter -> layers seen, None for a global
+    parameter) lacks: global ones first, then layer by layer."""
+    hf_names = {param: hf_name for hf_name, (param, _) in module_class(cfg).hf_weight_map(cfg).items()}
+    missing = [hf_names[param] for param, seen in filled.items() if param in llama.GLOBAL_PARAMS and not seen]
+    for layer in range(cfg.num_layers):
+        missing += [hf_names[param].format(i=layer) for param, seen in filled.items()
+                    if param not in llama.GLOBAL_PARAMS and layer not in seen]
+    return missing
 
 
 def module_from_arrays(cfg: ModelConfig, arrays: dict[str, Any], dtype=jnp.float32) -> llama.Llama:

@@ -2,11 +2,14 @@
 
 import copy
 import json
+import pathlib
+import re
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file, save_file
 
 import jaxheads
 from conftest import hf_logits
@@ -61,12 +64,71 @@ def test_weights_that_do_not_fit_the_config(tiny_checkpoint, tmp_path):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     config["num_hidden_layers"] = 5
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(LoadError, match="checkpoint is missing weights for"):
+    # layers 3 and 4 lack their 9 weights each: the first 8 are named, in layer order, and the other 10 counted
+    with pytest.raises(LoadError, match=r"checkpoint is missing weights: model\.layers\.3\.input_layernorm\.weight, "
+                                        r"model\.layers\.3\.self_attn\.q_proj\.weight, .* and 10 more$"):
         jaxheads.load(tmp_path / "m")
     config["num_hidden_layers"], config["hidden_size"] = 3, 32
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(LoadError, match="does not fit the config"):
         jaxheads.load(tmp_path / "m")
+
+
+def copied_checkpoint(tiny_checkpoint, tmp_path, name: str = "llama_mha"):
+    """A copy of a tiny checkpoint directory that a test may damage."""
+    _, directory = tiny_checkpoint(name)
+    return pathlib.Path(shutil.copytree(directory, tmp_path / name))
+
+
+def test_truncated_safetensors_file_is_named(tiny_checkpoint, tmp_path):
+    directory = copied_checkpoint(tiny_checkpoint, tmp_path)
+    weights = directory / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    with pytest.raises(LoadError, match=f"{weights} is not a readable safetensors file"):
+        jaxheads.load(directory)
+
+
+@pytest.mark.parametrize("field", ["num_hidden_layers", "hidden_size", "vocab_size", "num_attention_heads",
+                                   "intermediate_size", "model_type"])
+def test_config_without_a_required_field(tiny_checkpoint, tmp_path, field):
+    directory = copied_checkpoint(tiny_checkpoint, tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    del config[field]
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LoadError, match=f"{directory / 'config.json'} has no {field} field"):
+        jaxheads.load(directory)
+
+
+def test_config_field_that_is_not_a_positive_integer(tiny_checkpoint, tmp_path):
+    directory = copied_checkpoint(tiny_checkpoint, tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    config["num_attention_heads"] = "4"
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LoadError, match="config.json has num_attention_heads='4'; it must be a positive integer"):
+        jaxheads.load(directory)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'{"model_type": "llama", "hidden_size": 64\xff\xfe}', "is not UTF-8 text"),
+    (b'{"model_type": "llama", "hidden_size": 64,', "is not valid JSON"),
+    (b'["model_type", "llama"]', "holds a JSON list, not an object of config fields"),
+])
+def test_unreadable_config(tiny_checkpoint, tmp_path, content, message):
+    directory = copied_checkpoint(tiny_checkpoint, tmp_path)
+    (directory / "config.json").write_bytes(content)
+    with pytest.raises(LoadError, match=f"{directory / 'config.json'} {message}"):
+        jaxheads.load(directory)
+
+
+@pytest.mark.parametrize("dropped", ["model.layers.1.self_attn.k_proj.weight", "model.norm.weight",
+                                     "lm_head.weight"])
+def test_checkpoint_missing_one_weight_names_it(tiny_checkpoint, tmp_path, dropped):
+    directory = copied_checkpoint(tiny_checkpoint, tmp_path)
+    tensors = load_file(directory / "model.safetensors")
+    del tensors[dropped]
+    save_file(tensors, directory / "model.safetensors")
+    with pytest.raises(LoadError, match=f"checkpoint is missing weights: {re.escape(dropped)}$"):
+        jaxheads.load(directory)
 
 
 def test_a_non_gguf_file(tmp_path):

@@ -4,21 +4,47 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from jaxheads.errors import LoadError
 
+# config.json fields that every supported text decoder's config must give (a multimodal Gemma 3 config gives
+# them inside its `text_config`, where transformers' defaults complete them)
+REQUIRED_CONFIG_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                          "num_attention_heads")
+
 
 def read_config(directory: pathlib.Path) -> dict:
-    """The `config.json` of a checkpoint directory as a dict."""
+    """The `config.json` of a checkpoint directory as a dict, with the fields a model needs checked."""
     path = directory / "config.json"
     if not path.is_file():
         raise LoadError(f"{directory} has no config.json: not a Hugging Face model directory")
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise LoadError(f"{path} holds a JSON {type(config).__name__}, not an object of config fields")
+    if "model_type" not in config:
+        raise LoadError(f"{path} has no model_type field")
+    if config["model_type"] != "gemma3":
+        for field in REQUIRED_CONFIG_FIELDS:
+            if field not in config:
+                raise LoadError(f"{path} has no {field} field, which jaxheads needs to build the model")
+            value = config[field]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise LoadError(f"{path} has {field}={value!r}; it must be a positive integer")
+    return config
+
+
+def _read_json(path: pathlib.Path) -> Any:
+    """A JSON file's content; a LoadError naming the file when it cannot be read, is not UTF-8 or not JSON."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise LoadError(f"could not read {path}: {error}") from error
+    except UnicodeDecodeError as error:
+        raise LoadError(f"{path} is not UTF-8 text: {error}") from error
     except json.JSONDecodeError as error:
         raise LoadError(f"{path} is not valid JSON: {error}") from error
 
@@ -27,7 +53,11 @@ def safetensors_files(directory: pathlib.Path) -> list[pathlib.Path]:
     """The weight files of a checkpoint: those listed by `model.safetensors.index.json`, else every `*.safetensors`."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        content = _read_json(index)
+        weight_map = content.get("weight_map") if isinstance(content, dict) else None
+        if not isinstance(weight_map, dict):
+            raise LoadError(f"{index} has no weight_map object (tensor name -> shard file)")
+        shards = sorted(set(weight_map.values()))
         missing = [name for name in shards if not (directory / name).is_file()]
         if missing:
             raise LoadError(f"{index} lists shards that are missing: {', '.join(missing)}")
@@ -41,6 +71,9 @@ def safetensors_files(directory: pathlib.Path) -> list[pathlib.Path]:
 def read_tensors(directory: pathlib.Path) -> Iterator[tuple[str, np.ndarray]]:
     """Yields (Hugging Face name, numpy array) for every tensor of the checkpoint, one at a time."""
     for path in safetensors_files(directory):
-        with safe_open(str(path), framework="numpy") as handle:
-            for name in handle.keys():
-                yield name, handle.get_tensor(name)
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                for name in handle.keys():
+                    yield name, handle.get_tensor(name)
+        except (SafetensorError, OSError) as error:
+            raise LoadError(f"{path} is not a readable safetensors file (truncated or damaged?): {error}") from error
