@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import os
-import pathlib
 import platform
 import time
 
 import jax
 import jax.numpy as jnp
 
-ADVBENCH = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "advbench.csv"
+ADVBENCH_HELP = "AdvBench's harmful_behaviors CSV (column goal or input), passed by path"
 
 
 def machine() -> str:
@@ -47,10 +45,11 @@ def matmul_peak_gflops(dtype=jnp.float32, size: int = 2048) -> float:
     return 2 * size ** 3 / seconds / 1e9
 
 
-def advbench(limit: int, path: str | os.PathLike = ADVBENCH) -> list[str]:
-    """The first `limit` AdvBench instructions (column `input`)."""
-    with open(path, newline="") as handle:
-        return [row["input"] for row in csv.DictReader(handle)][:limit]
+def advbench(path: str | os.PathLike, limit: int) -> list[str]:
+    """The first `limit` AdvBench instructions of the CSV at `path` (read as `jaxheads` reads any prompt file)."""
+    from jaxheads.data.loaders import load_prompts
+
+    return load_prompts(os.fspath(path), limit=limit)
 
 
 def layer_flops(cfg, tokens: int, keys: int) -> float:

@@ -15,7 +15,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
 import jaxheads
-from bench.common import advbench, best_time, machine
+from bench.common import ADVBENCH_HELP, advbench, best_time, machine
 from jaxheads.data.formats import format_prompt
 from jaxheads.generate import encode_prompts
 from jaxheads.weights.gguf import default_gguf_path
@@ -23,6 +23,7 @@ from jaxheads.weights.gguf import default_gguf_path
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--advbench", required=True, help=ADVBENCH_HELP)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new_tokens", type=int, default=32)
     args = parser.parse_args()
@@ -31,7 +32,7 @@ def main():
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = jaxheads.load(None)
-    prompts = [format_prompt(q, "template") for q in advbench(args.batch)]
+    prompts = [format_prompt(q, "template") for q in advbench(args.advbench, args.batch)]
     ids, mask = encode_prompts(model.tokenizer, prompts)
     path = default_gguf_path()
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
