@@ -20,6 +20,7 @@ HELP = {
     "advbench_limit": "Prompts of the extra evaluation set used.",
     "eval_limit": "Use only the first N prompts of each evaluation set; 0 = all.",
     "eval_tokens": "Greedy tokens per evaluation response.",
+    "judge": common.FIELDS["judge"][1],
     "eval_batch_size": "Prompts per generation batch in the evaluations.",
     "evaluate_before": "Also evaluate the base model before training.",
     **train_defaults.HELP,
@@ -43,6 +44,7 @@ def get_config():
     config.advbench_limit = 100
     config.eval_limit = 0
     config.eval_tokens = 64
+    config.judge = "keyword"
     config.eval_batch_size = 64  # 1.5x the generation throughput of 16 on a 2-core CPU (docs/results.md)
     config.evaluate_before = True
     train_defaults.add_train_defaults(config)

@@ -25,6 +25,8 @@ FIELDS = {
     "mesh": ("", "Device mesh 'data,model', e.g. 4,2 (-1 = the remaining devices); empty = every device "
                  "data-parallel."),
     "max_new_tokens": (64, "Greedy tokens generated per prompt."),
+    "judge": ("keyword", "Refusal judge of the ASR: keyword (jaxheads' list, any case) or reference (the Ships "
+                         "authors' list and rule, case-sensitive); both are reported side by side."),
     "seed": (0, "Random seed."),
 }
 

@@ -3,7 +3,7 @@
 from jaxheads.configs import common
 
 SHARED = ("model", "dtype", "dataset", "column", "limit", "prompt_format", "ablation", "epsilon", "max_new_tokens",
-          "batch_size", "mesh")
+          "judge", "batch_size", "mesh")
 HELP = common.help_lines(
     SHARED,
     ablate="Heads ablated for every prompt, as layer:head pairs, e.g. 2:3,10:0.",

@@ -21,6 +21,7 @@ HELP = {
     "eval_harmful": "Held-out harmful prompts for the Harmful Score.",
     "eval_limit": "Use only the first N held-out harmful prompts; 0 = all.",
     "eval_tokens": "Greedy tokens per evaluation response.",
+    "judge": common.FIELDS["judge"][1],
     "eval_batch_size": "Prompts per generation batch in the evaluations.",
     **train_defaults.HELP,
     "out": "Output folder: finetune.json, training curves, checkpoints; a rerun resumes.",
@@ -43,6 +44,7 @@ def get_config():
     config.eval_harmful = "builtin:harmful:heldout"
     config.eval_limit = 0
     config.eval_tokens = 64
+    config.judge = "keyword"
     config.eval_batch_size = 16
     train_defaults.add_train_defaults(config)
     config.learning_rate = 5e-5

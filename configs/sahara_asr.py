@@ -3,7 +3,7 @@
 from jaxheads.configs import common
 
 SHARED = ("model", "dtype", "dataset", "column", "limit", "prompt_format", "ablation", "epsilon", "max_new_tokens",
-          "batch_size", "mesh", "seed")
+          "judge", "batch_size", "mesh", "seed")
 HELP = common.help_lines(
     SHARED,
     sahara="The sahara.json whose heads are ablated (required).",

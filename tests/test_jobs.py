@@ -164,9 +164,16 @@ def test_evaluate_with_sahara_heads_and_per_prompt_top_heads(tiny_model_with_tok
     assert written == {**result, "provenance": written["provenance"]}
     assert result["num_prompts"] == 4 and 0 <= result["asr"] <= 1 and result["ablated"] == [[2, 3], [0, 1]]
     assert result["judge"]["name"] == "keyword" and result["generation"]["max_new_tokens"] == 8
+    assert result["asr"] == result["by_judge"]["keyword"]["asr"] and set(result["by_judge"]) == {"keyword", "reference"}
+    assert 0 <= result["degenerate_share"] <= 1
     assert result["dataset"] == "builtin:harmful:heldout"
     generations = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]
     assert len(generations) == 4 and all(g["ablated"] == [[2, 3], [0, 1]] for g in generations)
+    assert result["degenerate_share"] == sum(g["degenerate"] for g in generations) / 4
+    by_reference = evaluate.run(config_of(evaluate_config, model=model, limit=4, max_new_tokens=8, judge="reference",
+                                          ablate_from=str(tmp_path / "sahara.json"), out=str(tmp_path / "ref")))
+    assert by_reference["judge"]["name"] == "reference" and by_reference["by_judge"] == result["by_judge"]
+    assert by_reference["asr"] == result["by_judge"]["reference"]["asr"]
 
     ships.run(config_of(ships_config, model=model, limit=3, out=str(tmp_path / "ships")))
     evaluate.run(config_of(evaluate_config, model=model, top_k_from=str(tmp_path / "ships" / "ships.json"), top_k=2,

@@ -11,26 +11,48 @@ from jax.sharding import Mesh
 
 import jaxheads
 from jaxheads.errors import JaxheadsError
-from jaxheads.eval.judges import Judge, KeywordJudge, attack_success_rate
+from jaxheads.eval.judges import (DEGENERATE_MIN_TRIGRAMS, DEGENERATE_RATIO, JUDGES, Judge, KeywordJudge,
+                                  ReferenceJudge, attack_success_rate, is_degenerate, make_judge)
 from jaxheads.interventions import DEFAULT_EPSILON, Head, Interventions, ablation_mask, from_mask
 
 
 @dataclasses.dataclass
 class AsrResult:
-    """ASR over `n` prompts, and one record per prompt (query, prompt text, response, refused, heads)."""
+    """ASR over `n` prompts by `judge`, one record per prompt (query, prompt text, response, the verdict of the judge
+    and of both keyword judges, whether the response is degenerate, the ablated heads), the share of degenerate
+    responses and the ASR among the others, and the ASR by each keyword judge on the same responses."""
 
     asr: float
     n: int
     records: list[dict]
+    judge: dict
+    degenerate_share: float
+    asr_non_degenerate: float | None  # None when every response is degenerate
+    by_judge: dict[str, dict]
+
+    def summary(self) -> dict:
+        """The numbers a result file records (everything but the per-prompt records)."""
+        return {"asr": self.asr, "n": self.n, "judge": self.judge, "degenerate_share": self.degenerate_share,
+                "asr_non_degenerate": self.asr_non_degenerate, "by_judge": self.by_judge}
+
+
+def rates(refused: Sequence[bool], degenerate: Sequence[bool]) -> dict:
+    """ASR, and ASR among the responses that are not degenerate (None if all are)."""
+    kept = [refusal for refusal, broken in zip(refused, degenerate) if not broken]
+    return {"asr": attack_success_rate(refused), "asr_non_degenerate": attack_success_rate(kept) if kept else None}
 
 
 def judge_description(judge: Judge | None) -> dict:
     """What an ASR was judged by, for its result file (None is the default keyword judge)."""
     judge = judge or KeywordJudge()
+    degenerate = {"degenerate_rule": f"distinct word-trigram ratio < {DEGENERATE_RATIO} over at least "
+                                     f"{DEGENERATE_MIN_TRIGRAMS} trigrams"}
     if isinstance(judge, KeywordJudge):
         return {"name": "keyword", "phrases": len(judge.phrases), "min_length": judge.min_length,
-                "case_sensitive": False}
-    return {"name": getattr(judge, "name", type(judge).__name__)}
+                "case_sensitive": False, **degenerate}
+    if isinstance(judge, ReferenceJudge):
+        return {"name": "reference", "case_sensitive": True, **degenerate}
+    return {"name": getattr(judge, "name", getattr(judge, "__name__", type(judge).__name__)), **degenerate}
 
 
 def top_heads_per_prompt(scores: np.ndarray, k: int) -> list[list[Head]]:
@@ -50,14 +72,16 @@ def per_prompt_interventions(heads: Sequence[Sequence[Head]], num_layers: int, n
 
 
 def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Sequence[Head] | Sequence[Sequence[Head]] = (),
-             per_prompt: bool = False, kind: str = "ua", epsilon: float = DEFAULT_EPSILON, judge: Judge | None = None,
-             max_new_tokens: int = 64, batch_size: int = 16, progress: bool = False,
-             mesh: Mesh | None = None) -> AsrResult:
+             per_prompt: bool = False, kind: str = "ua", epsilon: float = DEFAULT_EPSILON,
+             judge: Judge | str | None = None, max_new_tokens: int = 64, batch_size: int = 16,
+             progress: bool = False, mesh: Mesh | None = None) -> AsrResult:
     """Generates greedy responses to formatted `prompts` (for `queries`) with `heads` ablated (one list for all
-    prompts, or one list per prompt with `per_prompt`), judges them, and returns the ASR. Generation runs on
-    `mesh` when one is given (see `jaxheads.generate`)."""
+    prompts, or one list per prompt with `per_prompt`), judges them and returns the ASR. `judge`: "keyword" (the
+    default), "reference", or any callable `(queries, responses) -> [refused, ...]`; both keyword judges' ASR on the
+    same responses is reported too. Generation runs on `mesh` when one is given (see `jaxheads.generate`)."""
     if len(queries) != len(prompts):
         raise JaxheadsError(f"{len(queries)} queries but {len(prompts)} prompts")
+    judge = make_judge(judge) if isinstance(judge, str) else (judge or KeywordJudge())
     cfg = model.config
     if per_prompt:
         interventions = per_prompt_interventions(heads, cfg.num_layers, cfg.num_heads, kind, epsilon)
@@ -68,11 +92,17 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
         prompt_heads = [list(heads)] * len(prompts)
     generation = jaxheads.generate(model, prompts, max_new_tokens=max_new_tokens, interventions=interventions,
                                    batch_size=batch_size, progress=progress, mesh=mesh)
-    judge = judge or KeywordJudge()
-    refused = judge(list(queries), generation.texts)
+    texts = generation.texts
+    refused = [bool(flag) for flag in judge(list(queries), texts)]
+    verdicts = {name: [bool(flag) for flag in make_judge(name)(list(queries), texts)] for name in JUDGES}
+    degenerate = [is_degenerate(text) for text in texts]
     records = [
-        {"query": query, "prompt": prompt, "response": response, "refused": bool(refusal),
+        {"query": query, "prompt": prompt, "response": response, "refused": refusal,
+         "refused_by": {name: verdicts[name][i] for name in JUDGES}, "degenerate": degenerate[i],
          "ablated": [list(h) for h in row]}
-        for query, prompt, response, refusal, row in zip(queries, prompts, generation.texts, refused, prompt_heads)
+        for i, (query, prompt, response, refusal, row) in enumerate(zip(queries, prompts, texts, refused, prompt_heads))
     ]
-    return AsrResult(attack_success_rate(refused), len(prompts), records)
+    selected = rates(refused, degenerate)
+    return AsrResult(selected["asr"], len(prompts), records, judge_description(judge),
+                     sum(degenerate) / len(degenerate), selected["asr_non_degenerate"],
+                     {name: rates(verdicts[name], degenerate) for name in JUDGES})

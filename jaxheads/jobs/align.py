@@ -14,6 +14,8 @@ import time
 
 from jaxheads import io
 from jaxheads.errors import JaxheadsError
+from jaxheads.eval.asr import judge_description
+from jaxheads.eval.judges import make_judge
 from jaxheads.jobs import common, training
 
 
@@ -25,6 +27,7 @@ def check_config(config) -> None:
     from jaxheads.data.formats import PROMPT_FORMATS
 
     common.check_model_settings(config)
+    common.check_judge(config)
     formats = prompt_formats(config)
     if not formats or set(formats) - set(PROMPT_FORMATS):
         raise JaxheadsError(f"--prompt_formats must list formats among {', '.join(PROMPT_FORMATS)}, "
@@ -101,7 +104,7 @@ def run(config) -> dict:
                   "num_examples": len(examples), "num_harmful_train": len(harmful),
                   "num_harmless_train": len(harmless), "prompt_formats": formats, "steps": result.step,
                   "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started,
-                  "judge": "keyword", "settings": config.to_dict()}
+                  "judge": judge_description(make_judge(config.judge)), "settings": config.to_dict()}
         common.write_result(config.out, "align.json", output)
     print(f"wrote {config.out}/align.json and the aligned model {model_dir} ({output['total_seconds']:.0f} s)")
     return output

@@ -53,6 +53,12 @@ def check_epsilon(config) -> None:
                 f"finite with {bound} for --ablation={config.ablation}")
 
 
+def check_judge(config) -> None:
+    from jaxheads.eval.judges import JUDGES
+
+    require_choice(config, "judge", JUDGES)
+
+
 def check_model_settings(config) -> None:
     require_choice(config, "dtype", DTYPE_NAMES)
 

@@ -35,6 +35,7 @@ def check_config(config) -> None:
     common.require_choice(config, "ablation", ABLATION_KINDS)
     common.check_epsilon(config)
     common.require_int(config, "max_new_tokens", "batch_size", "top_k")
+    common.check_judge(config)
     parse_heads(config.ablate)
     if config.top_k_from and (config.ablate or config.ablate_from):
         raise JaxheadsError("--top_k_from cannot be combined with --ablate or --ablate_from")
@@ -67,15 +68,15 @@ def run(config) -> dict:
             if config.ablate_from:
                 heads += [tuple(head) for head in io.read_json(config.ablate_from)["heads"]]
         result = asr.evaluate(model, queries, prompts, heads, per_prompt=per_prompt, kind=config.ablation,
-                              epsilon=config.epsilon, max_new_tokens=config.max_new_tokens,
+                              epsilon=config.epsilon, judge=config.judge, max_new_tokens=config.max_new_tokens,
                               batch_size=config.batch_size, progress=True, mesh=common.device_mesh(config))
         io.atomic_write_text(os.path.join(config.out, "generations.jsonl"),
                              "".join(json.dumps(record) + "\n" for record in result.records))
         ablated = f"top-{config.top_k} per prompt" if per_prompt else [list(head) for head in heads]
-        output = {**common.shape_fields(model, result.n), "dataset": dataset, "asr": result.asr,
+        output = {**common.shape_fields(model, result.n), "dataset": dataset, **result.summary(),
                   "ablated": ablated, "ablation": config.ablation, "epsilon": config.epsilon,
-                  "judge": asr.judge_description(None), "generation": generation_settings(config),
-                  "settings": config.to_dict()}
+                  "generation": generation_settings(config), "settings": config.to_dict()}
         common.write_result(config.out, "asr.json", output)
-    print(f"ASR {result.asr:.3f} over {result.n} prompts with {ablated} ablated; wrote {config.out}/asr.json")
+    print(f"ASR {result.asr:.3f} ({config.judge} judge; {result.degenerate_share:.3f} of the responses degenerate) "
+          f"over {result.n} prompts with {ablated} ablated; wrote {config.out}/asr.json")
     return output

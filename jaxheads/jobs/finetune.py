@@ -14,6 +14,8 @@ import os
 import time
 
 from jaxheads import io
+from jaxheads.eval.asr import judge_description
+from jaxheads.eval.judges import make_judge
 from jaxheads.jobs import common, training
 
 
@@ -21,6 +23,7 @@ def check_config(config) -> None:
     from jaxheads.data.formats import PROMPT_FORMATS
 
     common.check_model_settings(config)
+    common.check_judge(config)
     common.require_choice(config, "prompt_format", PROMPT_FORMATS)
     common.require_int(config, "num_samples", "answer_tokens", "eval_problems", "eval_tokens", "eval_batch_size")
     common.require_int(config, "task_seed", "eval_limit", minimum=0)
@@ -89,7 +92,8 @@ def run(config) -> dict:
                   "harmful_ratio": config.harmful_ratio, "surgery_lambda": config.surgery_lambda,
                   "num_samples": config.num_samples, "num_harmful": num_harmful, "positive_heads": counts,
                   "axes": {"positive_heads": ["record", "step, count"]}, "hs_prompts": harm["n"],
-                  "fa_problems": len(heldout), "steps": result.step, "judge": "keyword",
+                  "fa_problems": len(heldout), "steps": result.step,
+                  "judge": judge_description(make_judge(config.judge)), "hs_detail": harm,
                   "total_seconds": time.perf_counter() - started, "settings": config.to_dict()}
         common.write_result(config.out, "finetune.json", output)
     print(f"HS {output['hs']:.3f}, FA {output['fa']:.3f}, positive heads {counts[-1][1] if counts else 'n/a'}; "

@@ -36,15 +36,17 @@ def head_settings(sahara_heads, num_layers: int, num_heads: int, max_heads: int,
     return settings
 
 
-def summary(records: list[dict], max_heads: int) -> dict:
-    """`{"none": asr, "sahara": [asr for k], "random_mean": [...], "random_std": [...]}` from per-setting records."""
-    def asr(name, k):
-        return [r["asr"] for r in records if r["name"] == name and r["k"] == k]
+def summary(records: list[dict], max_heads: int, key: str = "asr") -> dict:
+    """`{"none": x, "sahara": [x for k], "random_mean": [...], "random_std": [...]}` of one measure (`key`: asr,
+    degenerate_share or asr_non_degenerate; None values, where every response was degenerate, are left out of
+    the random means)."""
+    def values(name, k):
+        return [r[key] for r in records if r["name"] == name and r["k"] == k]
 
-    random = [asr("random", k) for k in range(1, max_heads + 1)]
-    return {"none": asr("none", 0)[0], "sahara": [asr("sahara", k)[0] for k in range(1, max_heads + 1)],
-            "random_mean": [float(np.mean(draws)) for draws in random],
-            "random_std": [float(np.std(draws)) for draws in random]}
+    random = [[value for value in values("random", k) if value is not None] for k in range(1, max_heads + 1)]
+    return {"none": values("none", 0)[0], "sahara": [values("sahara", k)[0] for k in range(1, max_heads + 1)],
+            "random_mean": [float(np.mean(draws)) if draws else None for draws in random],
+            "random_std": [float(np.std(draws)) if draws else None for draws in random]}
 
 
 def check_config(config) -> None:
@@ -55,6 +57,7 @@ def check_config(config) -> None:
     common.require_choice(config, "ablation", ABLATION_KINDS)
     common.check_epsilon(config)
     common.require_int(config, "max_new_tokens", "batch_size", "random_draws")
+    common.check_judge(config)
     common.require_int(config, "max_heads", "seed", minimum=0)
     common.require(config, "sahara", bool, "the path of a sahara.json")
 
@@ -80,24 +83,30 @@ def run(config) -> dict:
             if index in done:
                 continue
             result = asr.evaluate(model, data.queries, data.prompts, heads, kind=config.ablation,
-                                  epsilon=config.epsilon, max_new_tokens=config.max_new_tokens,
+                                  epsilon=config.epsilon, judge=config.judge, max_new_tokens=config.max_new_tokens,
                                   batch_size=config.batch_size, mesh=mesh)
             done[index] = {"index": index, "name": name, "k": k, "heads": [list(h) for h in heads],
-                           "asr": result.asr}
+                           **{key: value for key, value in result.summary().items() if key not in ("n", "judge")}}
             log.append(done[index])
-            print(f"[{index + 1}/{len(settings)}] {name} k={k} {heads}: ASR {result.asr:.3f}", flush=True)
+            print(f"[{index + 1}/{len(settings)}] {name} k={k} {heads}: ASR {result.asr:.3f}, degenerate "
+                  f"{result.degenerate_share:.3f}", flush=True)
         records = [done[i] for i in range(len(settings))]
         table = summary(records, max_heads)
         output = {**common.shape_fields(model, len(data)), "dataset": config.dataset,
                   "sahara": os.path.abspath(config.sahara), "ablation": config.ablation, "epsilon": config.epsilon,
-                  "judge": asr.judge_description(None), "generation": generation_settings(config),
-                  "axes": {"sahara": ["k"], "random_mean": ["k"], "random_std": ["k"]}, **table,
+                  "judge": asr.judge_description(asr.make_judge(config.judge)),
+                  "generation": generation_settings(config),
+                  "axes": {name: ["k"] for name in ("sahara", "random_mean", "random_std")}, **table,
+                  "degenerate_share": summary(records, max_heads, "degenerate_share"),
+                  "asr_non_degenerate": summary(records, max_heads, "asr_non_degenerate"),
                   "evaluations": records, "settings": config.to_dict()}
         common.write_result(config.out, "sahara_asr.json", output)
         plots.plot_ablation_asr(table, os.path.join(config.out, "sahara_asr.png"),
                                 title=f"ASR of {model.name} on {len(data)} prompts of {config.dataset}")
+    broken = output["degenerate_share"]
     for k in range(1, max_heads + 1):
-        print(f"k={k}: Sahara ASR {table['sahara'][k - 1]:.3f}, random ASR {table['random_mean'][k - 1]:.3f} "
-              f"± {table['random_std'][k - 1]:.3f} (no ablation {table['none']:.3f})")
+        print(f"k={k}: Sahara ASR {table['sahara'][k - 1]:.3f} (degenerate {broken['sahara'][k - 1]:.3f}), random ASR "
+              f"{table['random_mean'][k - 1]:.3f} ± {table['random_std'][k - 1]:.3f} (degenerate "
+              f"{broken['random_mean'][k - 1]:.3f}); no ablation {table['none']:.3f}")
     print(f"wrote {config.out}/sahara_asr.json and sahara_asr.png")
     return output

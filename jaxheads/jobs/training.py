@@ -28,16 +28,19 @@ def train_config(config, num_examples: int):
 
 
 def refusal_eval(model, source: str, config, out_path: str, limit: int = 0, prompt_format: str | None = None) -> dict:
-    """Greedy responses to the prompts of `source` judged by the keyword judge: `{"asr", "refusal_rate", "n"}`.
-    The responses are written to `out_path` (JSONL)."""
+    """Greedy responses to the prompts of `source` judged by `config.judge`: the ASR summary (`asr`, `n`,
+    `degenerate_share`, `asr_non_degenerate`, `by_judge`) and `refusal_rate` = 1 - ASR. The responses are written to
+    `out_path` (JSONL)."""
     from jaxheads import io
     from jaxheads.eval import asr
 
     data = common.load_prompt_set(model, source, prompt_format or config.prompt_format, limit=limit)
-    result = asr.evaluate(model, data.queries, data.prompts, max_new_tokens=config.eval_tokens,
+    result = asr.evaluate(model, data.queries, data.prompts, judge=config.judge, max_new_tokens=config.eval_tokens,
                           batch_size=config.eval_batch_size, progress=True, mesh=common.device_mesh(config))
     io.atomic_write_text(out_path, "".join(json.dumps(record) + "\n" for record in result.records))
-    return {"asr": result.asr, "refusal_rate": 1 - result.asr, "n": result.n}
+    summary = result.summary()
+    del summary["judge"]
+    return {**summary, "refusal_rate": 1 - result.asr}
 
 
 def plot_training(records: list[dict], out_dir: str, title: str) -> None:
