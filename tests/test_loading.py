@@ -1,6 +1,8 @@
-"""Loading checkpoints: sharded and bfloat16 safetensors, hub ids without a network, and clear errors."""
+"""Loading checkpoints: sharded and bfloat16 safetensors, hub ids without a network, the fingerprint of a
+checkpoint's files, and clear errors."""
 
 import copy
+import hashlib
 import json
 import pathlib
 import re
@@ -12,7 +14,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import jaxheads
-from conftest import hf_logits
+from conftest import hf_logits, make_hf_model
 from jaxheads.errors import LoadError
 
 
@@ -22,9 +24,12 @@ def test_sharded_checkpoint_loads_like_a_single_file(tiny_checkpoint, tmp_path):
     assert (tmp_path / "model.safetensors.index.json").is_file()
     assert len(list(tmp_path.glob("*.safetensors"))) > 2
     ids = np.arange(3, 15)[None]
-    sharded = np.asarray(jaxheads.forward(jaxheads.load(tmp_path), ids))
+    sharded_model = jaxheads.load(tmp_path)
+    sharded = np.asarray(jaxheads.forward(sharded_model, ids))
     single = np.asarray(jaxheads.forward(jaxheads.load(directory), ids))
     np.testing.assert_array_equal(sharded, single)
+    shards = sorted(file.name for file in tmp_path.glob("*.safetensors"))
+    assert [name for name, _, _ in sharded_model.fingerprint["weights"]] == shards
 
 
 def test_bfloat16_checkpoint_loads(tiny_checkpoint, tmp_path):
@@ -34,6 +39,29 @@ def test_bfloat16_checkpoint_loads(tiny_checkpoint, tmp_path):
     ids = np.arange(3, 15)[None]
     reference = hf_logits(type(hf_model).from_pretrained(tmp_path, dtype=torch.float32).eval(), ids)
     np.testing.assert_allclose(np.asarray(jaxheads.forward(model, ids)), reference, atol=1e-4)
+
+
+def test_fingerprint_names_the_files_and_changes_when_the_weights_are_rewritten(tiny_checkpoint, tmp_path):
+    _, original = tiny_checkpoint("llama_mha")
+    directory = pathlib.Path(shutil.copytree(original, tmp_path / "model"))
+    weights = directory / "model.safetensors"
+    first = jaxheads.load(directory).fingerprint
+    stat = weights.stat()
+    assert first == {"kind": "directory",
+                     "config_sha256": hashlib.sha256((directory / "config.json").read_bytes()).hexdigest(),
+                     "weights": [["model.safetensors", stat.st_size, stat.st_mtime_ns]], "dtype": "float32"}
+    assert json.loads(json.dumps(first)) == first
+    assert jaxheads.load(directory).fingerprint == first  # unchanged files: the same fingerprint
+    assert jaxheads.load(directory, dtype="bfloat16").fingerprint == {**first, "dtype": "bfloat16"}
+
+    make_hf_model("llama_mha", seed=1).save_pretrained(directory)  # retrained: other weights, same path and size
+    assert weights.stat().st_size == stat.st_size
+    retrained = jaxheads.load(directory).fingerprint
+    assert retrained != first and retrained["config_sha256"] == first["config_sha256"]
+
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-6}))
+    assert jaxheads.load(directory).fingerprint["config_sha256"] != retrained["config_sha256"]
 
 
 def test_missing_path():
