@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxheads.attention import AttentionMask
 from jaxheads.errors import JaxheadsError
 from jaxheads.interventions import Interventions
-from jaxheads.models.llama import KVCache, make_mask, positions_from_mask
+from jaxheads.models.llama import KVCache, positions_from_mask
 
 PAD_MULTIPLE = 8  # prompt lengths are padded up to a multiple of this, to limit recompilation
 
@@ -107,7 +108,7 @@ def generate_ids(graphdef, state, input_ids, prompt_mask, heads: Interventions |
     cache = KVCache(jnp.zeros(cache_shape, dtype), jnp.zeros(cache_shape, dtype))
     key_valid = jnp.concatenate([prompt_mask, jnp.zeros((B, max_new_tokens), bool)], axis=1)
     positions = positions_from_mask(prompt_mask)
-    mask = make_mask(jnp.arange(T), key_valid, cfg.sliding_window)
+    mask = AttentionMask(key_valid, jnp.arange(T, dtype=jnp.int32), cfg.sliding_window)  # prompt t in slot t
     h, cache = model.run_layers(model.embed_tokens(input_ids), positions, mask, heads, cache=cache)[:2]
     logits = model.logits(model.final_hidden(h[:, -1]))
     rng, step_rng = jax.random.split(rng)
@@ -125,7 +126,7 @@ def generate_ids(graphdef, state, input_ids, prompt_mask, heads: Interventions |
         step, token, cache, key_valid, done, out, rng = carry
         slot = T + step - 1
         key_valid = key_valid.at[:, slot].set(True)
-        step_mask = make_mask(slot[None], key_valid, cfg.sliding_window)
+        step_mask = AttentionMask(key_valid, slot[None], cfg.sliding_window)
         position = (next_position + step - 1)[:, None]
         h, cache = model.run_layers(model.embed_tokens(token[:, None]), position, step_mask, heads, cache=cache,
                                     cache_index=slot)[:2]

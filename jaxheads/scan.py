@@ -18,11 +18,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxheads.attention import AttentionKernel, attention_bytes
 from jaxheads.errors import DataError
 from jaxheads.generate import PAD_MULTIPLE, encode_prompts, pad_id, pad_left
 from jaxheads.interventions import Interventions
 from jaxheads.loading import Model
-from jaxheads.models.llama import attention_mask_for_prompt, positions_from_mask
+from jaxheads.models.llama import positions_from_mask, prompt_attention_mask
 from jaxheads.sharding import (
     DATA,
     make_mesh,
@@ -89,7 +90,7 @@ def base_pass(graphdef, state, ids, mask):
     hidden state `[B, D]` (float32)."""
     model = nnx.merge(graphdef, state)
     out = model.run_layers(model.embed_tokens(ids), positions_from_mask(mask),
-                           attention_mask_for_prompt(model.config, mask), collect_inputs=True)
+                           prompt_attention_mask(model.config, mask), collect_inputs=True)
     last = model.final_hidden(out.h[:, -1])
     return out.inputs, jax.nn.log_softmax(model.logits(last), axis=-1), last.astype(jnp.float32)
 
@@ -103,7 +104,7 @@ def ablated_pass(graphdef, state, layer_inputs, mask, start, heads: Intervention
     """
     model = nnx.merge(graphdef, state)
     positions = positions_from_mask(mask)
-    attn_mask = attention_mask_for_prompt(model.config, mask)
+    attn_mask = prompt_attention_mask(model.config, mask)  # compact: no [B, T, T] array
     h0 = jax.lax.dynamic_index_in_dim(layer_inputs, start, keepdims=False)
 
     def one(ablation):
@@ -137,13 +138,15 @@ class Chunk:
     rows: np.ndarray
 
 
-def ablation_bytes(config, rows: int, tokens: int, itemsize: int) -> int:
+def ablation_bytes(config, rows: int, tokens: int, itemsize: int, kernel: AttentionKernel = AttentionKernel()) -> int:
     """Estimated peak activation bytes of one ablation on `rows` prompts of `tokens` tokens (one device's
     share): one layer's hidden-sized (residual, norm, q, k, v, attention output) and MLP-sized (gate, up,
-    product) buffers in the model dtype, its float32 attention logits and probabilities `[rows, N, T, T]`, and
-    the float32 vocabulary rows of the last position (logits, log-probs, KL terms)."""
+    product) buffers in the model dtype, its attention kernel's own memory (`attention.attention_bytes`: the
+    float32 logits and probabilities `[rows, N, T, T]` on the dense kernel, one tile and the padded q, k, v on the
+    blocked one), and the float32 vocabulary rows of the last position (logits, log-probs, KL terms)."""
     per_token = 6 * config.hidden_size + 3 * config.intermediate_size
-    layer = rows * tokens * per_token * itemsize + 2 * rows * config.num_heads * tokens * tokens * 4
+    layer = rows * tokens * per_token * itemsize + attention_bytes(config.num_heads, config.head_dim, rows, tokens,
+                                                                   tokens, itemsize, kernel)
     return layer + 3 * rows * config.vocab_size * 4
 
 
@@ -155,13 +158,15 @@ def free_device_bytes(device) -> int | None:
     return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
 
 
-def auto_chunk_size(config, rows: int, tokens: int, itemsize: int, device) -> int:
-    """Ablations per device call whose activations (`ablation_bytes` each) fit in `MEMORY_SHARE` of `device`'s
-    free memory, between 1 and `MAX_AUTO_CHUNK`; `FALLBACK_CHUNK` when the device reports no memory."""
+def auto_chunk_size(config, rows: int, tokens: int, itemsize: int, device,
+                    kernel: AttentionKernel = AttentionKernel()) -> int:
+    """Ablations per device call whose activations (`ablation_bytes` each, with the model's attention `kernel`)
+    fit in `MEMORY_SHARE` of `device`'s free memory, between 1 and `MAX_AUTO_CHUNK`; `FALLBACK_CHUNK` when the
+    device reports no memory."""
     free = free_device_bytes(device)
     if free is None:
         return FALLBACK_CHUNK
-    fitting = int(free * MEMORY_SHARE) // ablation_bytes(config, rows, tokens, itemsize)
+    fitting = int(free * MEMORY_SHARE) // ablation_bytes(config, rows, tokens, itemsize, kernel)
     return int(np.clip(fitting, 1, MAX_AUTO_CHUNK))
 
 
@@ -208,7 +213,7 @@ def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Inte
         rows = max(batch.ids.shape[0] for batch in batches) // mesh.shape[DATA]
         tokens = max(batch.ids.shape[1] for batch in batches)
         chunk_size = auto_chunk_size(model.config, rows, tokens, model.module.embed[...].dtype.itemsize,
-                                     mesh.local_devices[0])
+                                     mesh.local_devices[0], model.module.attention_kernel)
     chunks = [dataclasses.replace(chunk, heads=replicate(chunk.heads, mesh))
               for chunk in make_chunks(ablations, chunk_size)]
     num_prompts = sum(int((b.indices >= 0).sum()) for b in batches)

@@ -1,7 +1,7 @@
 """Attention-sink statistics per head and the Surgery regularizer (DESIGN.md §6).
 
 Only the attention column onto each sequence's sink (its first real token) is computed, `[L, B, N, T]`,
-never the `[T, T]` maps. Everything here is a pure, jittable, differentiable function of the module's
+never the `[T, T]` maps (on long prompts the blocked kernel reads it off its running max and sum). Everything here is a pure, jittable, differentiable function of the module's
 parameters and the token ids.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxheads.models.llama import Llama, attention_mask_for_prompt, positions_from_mask
+from jaxheads.models.llama import Llama, positions_from_mask, prompt_attention_mask
 
 
 def sink_index(mask: jax.Array) -> jax.Array:
@@ -24,7 +24,7 @@ def sink_attention(module: Llama, input_ids: jax.Array, mask: jax.Array) -> jax.
     mask = jnp.asarray(mask, bool)
     sink = sink_index(mask)
     positions = positions_from_mask(mask)
-    attention_mask = attention_mask_for_prompt(module.config, mask)
+    attention_mask = prompt_attention_mask(module.config, mask)
     column = module.run_layers(module.embed_tokens(input_ids), positions, attention_mask, sink_index=sink).sink
     queries = mask & (jnp.arange(mask.shape[-1])[None, :] != sink[:, None])  # [B, T]
     weights = queries.astype(jnp.float32) / jnp.maximum(queries.sum(-1, keepdims=True), 1)

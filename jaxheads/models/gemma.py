@@ -15,20 +15,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxheads.attention import NO_WINDOW, AttentionKernel, AttentionMask, soft_cap
 from jaxheads.interventions import Interventions
 from jaxheads.models.config import ModelConfig
 from jaxheads.models.llama import (
     DECODER_WEIGHT_MAP,
-    KVCache,
-    LayerOutputs,
     Llama,
     apply_rope,
     attend,
     decoder_shapes,
     rope_tables,
-    run_stacked_layers,
     scale_queries,
-    soft_cap,
 )
 
 # Hugging Face parameter name -> (jaxheads parameter, layout change), as `llama.HF_WEIGHT_MAP`. Gemma 1's
@@ -78,11 +75,12 @@ def local_attention_mask(mask: jax.Array, window: int) -> jax.Array:
     return mask & (query_index - key_index < window)
 
 
-def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                  heads: Interventions | None, cache: tuple[jax.Array, jax.Array] | None = None,
-                  cache_index: jax.Array | int = 0, sink_index: jax.Array | None = None):
+def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: jax.Array,
+                  mask: AttentionMask | jax.Array, heads: Interventions | None,
+                  cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | int = 0,
+                  sink_index: jax.Array | None = None, kernel: AttentionKernel = AttentionKernel()):
     """One Gemma decoder layer on `h: [B, T, D]`, with this layer's parameters `p`, RoPE tables `[B, T, d]`
-    and mask `[B, T, S]` (already the local or global ones); arguments and result as `llama.decoder_layer`."""
+    and mask (already the local or global one); arguments and result as `llama.decoder_layer`."""
     eps = cfg.rms_norm_eps
     x = rms_norm(h, p["attn_norm"], eps)
     q = jnp.einsum("btD,Dnd->btnd", x, p["q"])
@@ -93,7 +91,7 @@ def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: 
     q = scale_queries(q, heads)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     out, cache, sink = attend(q, k, v, mask, heads, cache, cache_index, sink_index, cfg.attention_scale,
-                              cfg.attn_logit_softcap)
+                              cfg.attn_logit_softcap, kernel)
     attn = jnp.einsum("btnd,ndD->btD", out, p["o"])
     if cfg.sandwich_norms:
         attn = rms_norm(attn, p["post_attn_norm"], eps)
@@ -130,29 +128,39 @@ class Gemma(Llama):
         scale = jnp.asarray(np.float32(self.config.hidden_size ** 0.5)).astype(embed.dtype)
         return jnp.take(embed, input_ids, axis=0) * scale
 
-    def run_layers(self, h: jax.Array, positions: jax.Array, mask: jax.Array, heads: Interventions | None = None,
-                   start: int | jax.Array = 0, cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-                   collect_inputs: bool = False, sink_index: jax.Array | None = None) -> LayerOutputs:
-        """As `Llama.run_layers`; `mask` is the global (causal) mask and local layers narrow it to their window."""
-        cfg = self.config
+    def scanned_params(self) -> dict[str, jax.Array]:
+        """`layer_params`, plus the `[L]` bool local-layer flags when the config has local layers."""
         params = self.layer_params()
-        cos, sin = rope_tables(cfg, positions, h.dtype)
+        if self.config.local_layers:
+            params["local"] = jnp.asarray(self.config.local_layers)
+        return params
+
+    def layer_function(self, positions: jax.Array, mask: AttentionMask | jax.Array, dtype,
+                       cache_index: jax.Array | int = 0, sink_index: jax.Array | None = None):
+        """As `Llama.layer_function`; `mask` is the global (causal) one, and a layer whose `p["local"]` is True
+        narrows it to the local window and uses the local RoPE tables (chosen as data inside the layer scan)."""
+        cfg, kernel = self.config, self.attention_kernel
+        cos, sin = rope_tables(cfg, positions, dtype)
         if cfg.local_layers:
-            params["local"] = jnp.asarray(cfg.local_layers)  # [L] bool, scanned with the parameters
-            local_cos, local_sin = rope_tables(cfg.local_rope(), positions, h.dtype)
-            local_mask = local_attention_mask(mask, cfg.local_window)
+            local_cos, local_sin = rope_tables(cfg.local_rope(), positions, dtype)
+            if not isinstance(mask, AttentionMask):
+                local_mask = local_attention_mask(mask, cfg.local_window)
 
         def layer(p, h, layer_heads, layer_cache):
             if cfg.local_layers:
                 local = p["local"]
                 rope = jnp.where(local, local_cos, cos), jnp.where(local, local_sin, sin)
-                layer_mask = jnp.where(local, local_mask, mask)
+                if isinstance(mask, AttentionMask):
+                    global_window = NO_WINDOW if mask.window is None else mask.window
+                    layer_mask = mask.with_window(jnp.where(local, cfg.local_window, global_window))
+                else:
+                    layer_mask = jnp.where(local, local_mask, mask)
             else:
                 rope, layer_mask = (cos, sin), mask
-            return decoder_layer(cfg, p, h, *rope, layer_mask, layer_heads, layer_cache, cache_index, sink_index)
+            return decoder_layer(cfg, p, h, *rope, layer_mask, layer_heads, layer_cache, cache_index, sink_index,
+                                 kernel)
 
-        return run_stacked_layers(layer, params, h, heads, cfg.num_layers, start, cache, collect_inputs,
-                                  sink_index is not None)
+        return layer
 
     def final_hidden(self, h: jax.Array) -> jax.Array:
         """The final-norm output (input of the LM head) `[..., D]`."""

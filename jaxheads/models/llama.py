@@ -3,6 +3,8 @@
 Heads are an explicit axis of every attention weight (`q: [L, D, N, d]`, `o: [L, N, d, D]`), so per-head
 interventions (DESIGN.md §1) act on `[B, T, N, d]` arrays before `o_proj`, and all L layers are stacked on a
 leading axis so the decoder runs as one `lax.scan` (or a loop from any layer on, for prefix-reusing scans).
+Masks are described compactly (`jaxheads.attention.AttentionMask`) and attention runs the dense or the blocked
+kernel by key length (the module's `attention_kernel`), so long prompts need memory linear in their length.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec
 
+from jaxheads.attention import AttentionKernel, AttentionMask, attention, prompt_mask
+from jaxheads.attention import soft_cap  # noqa: F401 (re-exported: it used to live here)
 from jaxheads.interventions import Interventions
 from jaxheads.models.config import ModelConfig
 from jaxheads.sharding import MODEL
@@ -146,13 +150,9 @@ def make_mask(query_index: jax.Array, key_valid: jax.Array, sliding_window: int 
     """Boolean `[B, T, S]`: query at sequence index `query_index[t]` may attend key slot s.
 
     Causal (s <= index), key slot valid (`key_valid: [B, S]`, False for padding and unwritten cache), and,
-    with a sliding window W, index - s < W.
+    with a sliding window W, index - s < W. (The dense form of `AttentionMask(key_valid, query_index, W)`.)
     """
-    key_index = jnp.arange(key_valid.shape[-1])
-    allowed = key_index[None, :] <= query_index[:, None]
-    if sliding_window is not None:
-        allowed &= query_index[:, None] - key_index[None, :] < sliding_window
-    return allowed[None] & key_valid[:, None, :]
+    return AttentionMask(key_valid, query_index, sliding_window).dense()
 
 
 def _per_head(scale: jax.Array) -> jax.Array:
@@ -162,11 +162,6 @@ def _per_head(scale: jax.Array) -> jax.Array:
     return scale[:, None, :, None]
 
 
-def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
-    """`cap * tanh(x / cap)` (Gemma 2's soft-capping), or x unchanged when `cap` is None."""
-    return x if cap is None else cap * jnp.tanh(x / cap)
-
-
 def scale_queries(q: jax.Array, heads: Interventions | None) -> jax.Array:
     """Applies `q_scale` to queries `[B, T, N, d]` (after any query norm, which would otherwise undo it)."""
     if heads is None:
@@ -174,49 +169,45 @@ def scale_queries(q: jax.Array, heads: Interventions | None) -> jax.Array:
     return q * _per_head(heads.q_scale).astype(q.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, heads: Interventions | None,
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask | jax.Array, heads: Interventions | None,
            cache: tuple[jax.Array, jax.Array] | None, cache_index: jax.Array | int, sink_index: jax.Array | None,
-           scale: float, softcap: float | None = None):
+           scale: float, softcap: float | None = None, kernel: AttentionKernel = AttentionKernel()):
     """Grouped-query attention of rotated `q: [B, T, N, d]` over `k, v: [B, T, K, d]`, then `out_scale` and
     `mean_mix` on the per-head output.
 
     With a `cache` (`k, v: [B, S, K, d]`), this step's keys/values are written at `cache_index` and attention runs
-    over all S slots (`mask: [B, T, S]`). Logits are `scale * q.k` in float32, soft-capped to
-    `softcap * tanh(. / softcap)` when `softcap` is set. With `sink_index: [B]` (each row's sink key slot), also
-    returns the float32 attention of every head and query onto that slot, `[B, N, T]`.
-    Returns `(out [B, T, N, d], cache or None, sink or None)`.
+    over all S slots. `mask` describes which slots each query may attend (an `AttentionMask`, or a dense `[B, T, S]`
+    bool array); `kernel` picks the dense or the blocked kernel from the key length (`jaxheads.attention`).
+    Logits are `scale * q.k` in float32, soft-capped to `softcap * tanh(. / softcap)` when `softcap` is set. With
+    `sink_index: [B]` (each row's sink key slot), also returns the float32 attention of every head and query onto
+    that slot, `[B, N, T]`. Returns `(out [B, T, N, d], cache or None, sink or None)`.
     """
-    B, T, N, d = q.shape
-    K = k.shape[2]
     if cache is not None:
         k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
         v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
         cache, k, v = (k_cache, v_cache), k_cache, v_cache
-    q = q.reshape(B, T, K, N // K, d)  # query head n = k * G + g belongs to KV group k (HF repeat_kv order)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * scale
-    logits = soft_cap(logits, softcap)
-    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    sink = None
-    if sink_index is not None:
-        sink = jnp.take_along_axis(probs, sink_index[:, None, None, None, None], axis=-1)[..., 0].reshape(B, N, T)
-    probs = probs.astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, N, d)
+    out, sink, _ = attention(q, k, v, mask, scale, softcap, sink_index, kernel)
+    return intervene_on_outputs(out, heads), cache, sink
+
+
+def intervene_on_outputs(out: jax.Array, heads: Interventions | None) -> jax.Array:
+    """`mean_mix` then `out_scale` on per-head attention outputs `[B, T, N, d]` (the input of o_proj)."""
     if heads is not None:
         if heads.mean_mix is not None:
             mix = _per_head(heads.mean_mix).astype(out.dtype)
             out = out * (1 - mix) + out.mean(axis=2, keepdims=True) * mix
         out = out * _per_head(heads.out_scale).astype(out.dtype)
-    return out, cache, sink
+    return out
 
 
-def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                  heads: Interventions | None, cache: tuple[jax.Array, jax.Array] | None = None,
-                  cache_index: jax.Array | int = 0, sink_index: jax.Array | None = None):
+def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: jax.Array,
+                  mask: AttentionMask | jax.Array, heads: Interventions | None,
+                  cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | int = 0,
+                  sink_index: jax.Array | None = None, kernel: AttentionKernel = AttentionKernel()):
     """One decoder layer on `h: [B, T, D]` with this layer's parameters `p` (no leading L axis).
 
-    `heads` holds this layer's intervention scales (`[N]` or `[B, N]` each); `cache`, `cache_index` and
-    `sink_index` are as in `attend`.
+    `heads` holds this layer's intervention scales (`[N]` or `[B, N]` each); `mask`, `cache`, `cache_index`,
+    `sink_index` and `kernel` are as in `attend`.
     Returns `(h, cache, sink)`: the new hidden state, the updated cache (or None), the sink column (or None).
     """
     x = rms_norm(h, p["attn_norm"], cfg.rms_norm_eps)
@@ -229,7 +220,8 @@ def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: 
         q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
     q = scale_queries(q, heads)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out, cache, sink = attend(q, k, v, mask, heads, cache, cache_index, sink_index, cfg.attention_scale)
+    out, cache, sink = attend(q, k, v, mask, heads, cache, cache_index, sink_index, cfg.attention_scale,
+                              kernel=kernel)
     attn = jnp.einsum("btnd,ndD->btD", out, p["o"])
     if cfg.o_bias:
         attn = attn + p["o_bias"]
@@ -296,6 +288,8 @@ class Llama(nnx.Module):
             else:
                 value = init(rngs.params(), shape, dtype)
             setattr(self, name, nnx.Param(value))
+        # static (part of the graph definition): assigning another kernel makes jitted functions recompile
+        self.attention_kernel = AttentionKernel()
 
     @staticmethod
     def shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -320,22 +314,35 @@ class Llama(nnx.Module):
         """Token embeddings `[B, T, D]`."""
         return jnp.take(self.embed[...], input_ids, axis=0)
 
-    def run_layers(self, h: jax.Array, positions: jax.Array, mask: jax.Array, heads: Interventions | None = None,
-                   start: int | jax.Array = 0, cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-                   collect_inputs: bool = False, sink_index: jax.Array | None = None) -> LayerOutputs:
-        """Runs decoder layers `start..L-1` on `h: [B, T, D]`.
+    def scanned_params(self) -> dict[str, jax.Array]:
+        """The per-layer arrays the layer loop scans: `layer_params` (Gemma adds its local-layer flags)."""
+        return self.layer_params()
 
-        `start` may be a traced scalar (then the layers run in a `fori_loop`, for scans that reuse a prefix).
-        With a static `start` of 0 this can also return the inputs of every layer (`collect_inputs`) and the
-        attention onto each row's sink slot (`sink_index: [B]`), stacked over layers.
-        """
-        cfg = self.config
-        cos, sin = rope_tables(cfg, positions, h.dtype)
+    def layer_function(self, positions: jax.Array, mask: AttentionMask | jax.Array, dtype,
+                       cache_index: jax.Array | int = 0, sink_index: jax.Array | None = None):
+        """`layer(p, h, heads, cache) -> (h, cache, sink)`: one decoder layer with that layer's slice `p` of
+        `scanned_params`, for tokens at RoPE `positions: [B, T]` under `mask` (activations in `dtype`)."""
+        cfg, kernel = self.config, self.attention_kernel
+        cos, sin = rope_tables(cfg, positions, dtype)
 
         def layer(p, h, layer_heads, layer_cache):
-            return decoder_layer(cfg, p, h, cos, sin, mask, layer_heads, layer_cache, cache_index, sink_index)
+            return decoder_layer(cfg, p, h, cos, sin, mask, layer_heads, layer_cache, cache_index, sink_index, kernel)
 
-        return run_stacked_layers(layer, self.layer_params(), h, heads, cfg.num_layers, start, cache,
+        return layer
+
+    def run_layers(self, h: jax.Array, positions: jax.Array, mask: AttentionMask | jax.Array,
+                   heads: Interventions | None = None, start: int | jax.Array = 0, cache: KVCache | None = None,
+                   cache_index: jax.Array | int = 0, collect_inputs: bool = False,
+                   sink_index: jax.Array | None = None) -> LayerOutputs:
+        """Runs decoder layers `start..L-1` on `h: [B, T, D]`.
+
+        `mask` is an `AttentionMask` (e.g. `prompt_attention_mask`), or a dense `[B, T, S]` bool array, which
+        always runs the dense kernel. `start` may be a traced scalar (then the layers run in a `fori_loop`, for
+        scans that reuse a prefix). With a static `start` of 0 this can also return the inputs of every layer
+        (`collect_inputs`) and the attention onto each row's sink slot (`sink_index: [B]`), stacked over layers.
+        """
+        layer = self.layer_function(positions, mask, h.dtype, cache_index, sink_index)
+        return run_stacked_layers(layer, self.scanned_params(), h, heads, self.config.num_layers, start, cache,
                                   collect_inputs, sink_index is not None)
 
     def final_hidden(self, h: jax.Array) -> jax.Array:
@@ -354,7 +361,7 @@ class Llama(nnx.Module):
             attention_mask = jnp.ones(input_ids.shape, bool)
         attention_mask = attention_mask.astype(bool)
         positions = positions_from_mask(attention_mask)
-        mask = attention_mask_for_prompt(self.config, attention_mask)
+        mask = prompt_attention_mask(self.config, attention_mask)
         h = self.run_layers(self.embed_tokens(input_ids), positions, mask, heads).h
         return self.logits(self.final_hidden(h))
 
@@ -364,9 +371,16 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def prompt_attention_mask(cfg: ModelConfig, attention_mask: jax.Array) -> AttentionMask:
+    """The compact attention mask of a whole (left-padded) prompt `[B, T]` with no cache: key validity, each
+    query's slot, and the config's sliding window (Mistral; Gemma's local layers set theirs per layer)."""
+    return prompt_mask(attention_mask, cfg.sliding_window)
+
+
 def attention_mask_for_prompt(cfg: ModelConfig, attention_mask: jax.Array) -> jax.Array:
-    """The `[B, T, T]` attention mask of a whole (left-padded) prompt with no cache."""
-    return make_mask(jnp.arange(attention_mask.shape[-1]), attention_mask.astype(bool), cfg.sliding_window)
+    """The dense `[B, T, T]` attention mask of a whole (left-padded) prompt with no cache (T² booleans; the
+    model's own callers use `prompt_attention_mask`)."""
+    return prompt_attention_mask(cfg, attention_mask).dense()
 
 
 def to_param(name: str, layout: str, array: np.ndarray, cfg: ModelConfig) -> np.ndarray:
