@@ -185,3 +185,105 @@ def _top_heads(scores: np.ndarray, count: int) -> list[tuple[int, int]]:
     flat = np.where(np.isfinite(scores), scores, -np.inf).ravel()
     order = np.argsort(-flat, kind="stable")[:min(count, int(np.isfinite(scores).sum()))]
     return [tuple(int(i) for i in np.unravel_index(index, scores.shape)) for index in order]
+
+
+_RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_RUN_COLORS = ("#1f5aa6", "#d9480f", "#2b8a3e", "#7b2cbf", "#c2255c", "#0b7285", "#5c940d", "#495057")
+_SHARED_COLOR = "#ffd43b"
+
+
+def plot_top_heads_overlap(num_layers: int, num_heads: int, labels: Sequence[str],
+                           top_heads: dict[int, Sequence[Sequence[tuple[int, int]]]], path: str | os.PathLike,
+                           title: str = "", panel_titles: dict[int, str] | None = None) -> None:
+    """Saves one panel per k of `top_heads` ({k: [run 0's top-k heads, run 1's, ...]}) on the [L, N] grid (layer
+    0 at the top, heads across): each run's heads as markers of its own shape and colour, shifted sideways
+    within the cell so that runs choosing the same head stay visible, and the cells of heads in the top-k of
+    two or more runs filled. `panel_titles` ({k: text}) replaces the default title, the count of such heads."""
+    if not top_heads or not labels:
+        raise DataError("plot_top_heads_overlap needs at least one k and one run")
+    for k, per_run in top_heads.items():
+        if len(per_run) != len(labels):
+            raise DataError(f"k={k} has heads of {len(per_run)} runs but there are {len(labels)} labels")
+        for label, heads in zip(labels, per_run):
+            outside = [(l, n) for l, n in heads if not (0 <= l < num_layers and 0 <= n < num_heads)]
+            if outside:
+                raise DataError(f"{label}'s top-{k} heads {outside} are outside the {num_layers} x {num_heads} grid")
+    runs = len(labels)
+    panel_width = min(max(1.6 + 0.3 * num_heads, 3.6), 8.0)
+    panel_height = min(max(1.2 + 0.26 * num_layers, 3.0), 12.0)
+    fig = Figure(figsize=(panel_width * len(top_heads), panel_height + 0.5 + 0.22 * runs), layout="constrained")
+    axes = fig.subplots(1, len(top_heads), squeeze=False)[0]
+    cell_points = 72 * min(0.8 * panel_width / num_heads, 0.8 * panel_height / num_layers)
+    marker_size = float(np.clip(0.7 * cell_points / max(runs, 2), 2.0, 9.0))  # about 0.35 cell for two runs
+    step = 0.8 / max(runs, 2)  # markers side by side within the cell
+    for ax, (k, per_run) in zip(axes, top_heads.items()):
+        counts: dict[tuple[int, int], int] = {}
+        for heads in per_run:
+            for head in {tuple(head) for head in heads}:
+                counts[head] = counts.get(head, 0) + 1
+        shared = sorted(head for head, count in counts.items() if count > 1)
+        for layer, head in shared:
+            ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, facecolor=_SHARED_COLOR, edgecolor="#e67700",
+                                   linewidth=1.2, zorder=1))
+        for index, (label, heads) in enumerate(zip(labels, per_run)):
+            offset = (index - (runs - 1) / 2) * step
+            ax.plot([n + offset for _, n in heads], [l for l, _ in heads], linestyle="none",
+                    marker=_RUN_MARKERS[index % len(_RUN_MARKERS)], color=_RUN_COLORS[index % len(_RUN_COLORS)],
+                    markersize=marker_size, markeredgecolor="black", markeredgewidth=0.4, label=label, zorder=3)
+        ax.set_xlim(-0.5, num_heads - 0.5)
+        ax.set_ylim(num_layers - 0.5, -0.5)
+        ax.set_xticks(_ticks(num_heads))
+        ax.set_yticks(_ticks(num_layers))
+        ax.set_xticks(np.arange(-0.5, num_heads), minor=True)
+        ax.set_yticks(np.arange(-0.5, num_layers), minor=True)
+        ax.grid(which="minor", color="#dee2e6", linewidth=0.5)
+        ax.tick_params(which="minor", length=0)
+        ax.tick_params(labelsize=8)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer (0 at top)")
+        default = f"top-{k}: {len(shared)} heads in the top-{k} of two or more runs"
+        ax.set_title((panel_titles or {}).get(k, default), fontsize=9)
+    handles, names = axes[0].get_legend_handles_labels()
+    handles.append(Rectangle((0, 0), 1, 1, facecolor=_SHARED_COLOR, edgecolor="#e67700"))
+    names.append("in the top-k of two or more runs")
+    fig.legend(handles, names, loc="outside lower center", ncol=min(runs + 1, 4), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure_atomic(fig, path)
+
+
+def plot_utility(summary: dict, path: str | os.PathLike, title: str = "") -> None:
+    """Saves three panels against the number of ablated heads k: the perplexity of the harmless answers, the
+    harmless refusal rate and the arithmetic accuracy; each with the set's first k heads, k random heads (mean,
+    shaded ± the draws' standard deviation) and a dashed line without ablation. `summary` is that of
+    `jaxheads utility`: `{measure: {"none": float, "chosen": [..], "random_mean": [..], "random_std": [..]}}`.
+    The perplexity axis is logarithmic when its values span more than a factor of 20."""
+    panels = (("perplexity", "perplexity of harmless answers"), ("refusal_rate", "harmless refusal rate"),
+              ("arithmetic_accuracy", "arithmetic accuracy"))
+    missing = [key for key, _ in panels if key not in summary]
+    if missing:
+        raise DataError(f"the utility summary has no {', '.join(missing)}; it holds {sorted(summary)}")
+    sizes = np.arange(1, len(summary["perplexity"]["chosen"]) + 1)
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    for ax, (key, label) in zip(fig.subplots(1, 3), panels):
+        table = summary[key]
+        mean, std = np.asarray(table["random_mean"], float), np.asarray(table["random_std"], float)
+        ax.plot(sizes, table["chosen"], marker="o", color="#b2182b", label="the set's first k heads")
+        ax.plot(sizes, mean, marker="s", color="#7f7f7f", label="k random heads (mean ± sd)")
+        ax.fill_between(sizes, mean - std, mean + std, color="#7f7f7f", alpha=0.25, linewidth=0)
+        ax.axhline(table["none"], color="black", linestyle="--", linewidth=1, label="no ablation")
+        values = np.array([*table["chosen"], *(mean - std), *(mean + std), table["none"]], float)
+        if key == "perplexity":
+            positive = values[values > 0]
+            if positive.size and positive.max() > 20 * positive.min():
+                ax.set_yscale("log")
+        else:
+            ax.set_ylim(-0.03, 1.03)
+        ax.set_xticks(sizes)
+        ax.set_xlabel("heads ablated (k)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure_atomic(fig, path)

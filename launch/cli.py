@@ -14,6 +14,7 @@ COMMANDS = {
     "sink": "per-head sink attention and sink divergence on (harmful, safe) pairs",
     "align": "safety alignment by supervised fine-tuning",
     "finetune": "harmful fine-tuning (SFT or Surgery) of an aligned model",
+    "compare": "top-k overlap and rank correlation of the safety heads of several runs",
 }
 
 
