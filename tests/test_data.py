@@ -35,6 +35,49 @@ def test_harmful_and_harmless_sets_do_not_overlap():
     assert not harmful & harmless
 
 
+@pytest.mark.parametrize("name, per_category, categories, train, heldout", [
+    ("lookalike", 18, 10, 120, 60),
+    ("harmless_check", None, None, 0, None),
+])
+def test_lookalike_and_harmless_check_sets_have_their_sizes_and_splits(name, per_category, categories, train,
+                                                                     heldout):
+    records = loaders.load_builtin_records(name)
+    assert all(set(record) == {"prompt", "category", "split"} for record in records)
+    assert all(record["prompt"] == record["prompt"].strip() and record["prompt"] for record in records)
+    by_category = collections.defaultdict(list)
+    for record in records:
+        by_category[record["category"]].append(record["split"])
+    splits = collections.Counter(record["split"] for record in records)
+    if name == "lookalike":
+        assert len(records) == per_category * categories == 180
+        assert len(by_category) == categories
+        for category, category_splits in by_category.items():
+            assert len(category_splits) == per_category, category
+            assert category_splits == ["heldout" if i % 3 == 2 else "train" for i in range(per_category)], category
+        assert splits == {"train": train, "heldout": heldout}
+        assert len(loaders.load_prompts("builtin:lookalike:train")) == train
+        assert len(loaders.load_prompts("builtin:lookalike", split="heldout")) == heldout
+    else:
+        # A final check only: everything held out, so no recipe is trained or chosen on it.
+        assert len(records) >= 100
+        assert splits == {"heldout": len(records)}
+        assert loaders.load_prompts("builtin:harmless_check:heldout") == loaders.load_prompts("builtin:harmless_check")
+        counts = collections.Counter(record["category"] for record in records)
+        assert len(counts) >= 6 and min(counts.values()) >= 10, counts
+        lookalike = sum(count for category, count in counts.items() if category.startswith("lookalike_"))
+        assert 0.3 * len(records) <= lookalike <= 0.7 * len(records), counts
+
+
+def test_prompts_are_unique_across_all_builtin_sets():
+    seen = {}
+    for name in loaders.BUILTIN_SETS:
+        for prompt in loaders.load_prompts(f"builtin:{name}"):
+            key = " ".join(re.sub(r"[^\w\s]", "", prompt.casefold()).split())
+            assert key not in seen, f"{prompt!r} in {name} repeats a prompt of {seen.get(key)}"
+            seen[key] = name
+    assert set(loaders.BUILTIN_SETS) == {"harmful", "harmless", "lookalike", "harmless_check"}
+
+
 def test_builtin_splits_partition_the_set_deterministically():
     everything = loaders.load_prompts("builtin:harmful")
     train = loaders.load_prompts("builtin:harmful", split="train")

@@ -1,9 +1,20 @@
 """Prompt sets from the built-in files, local .csv/.json/.jsonl/.txt files, or `datasets` hub ids.
 
-Built-in sets written for this project: `builtin:harmful` holds 180 requests (18 per category), `builtin:harmless`
-270 (27 per category; its last 9 per category are mostly imperative requests, "Write ...", "Make ...", so that
-the form of a request does not tell harmful from harmless). Within each category, in file order, every third
-request (positions 2, 5, 8, ...) is `heldout` and the rest are `train`: 120 / 60 harmful and 180 / 90 harmless.
+Built-in sets written for this project (`builtin:NAME`, optionally `:train` / `:heldout`):
+
+- `harmful`: 180 harmful requests, 18 per category in 10 categories; 120 train / 60 heldout.
+- `harmless`: 270 harmless requests, 27 per category in 10 categories (the last 9 per category are mostly imperative
+  requests, "Write ...", "Make ...", so that the form of a request does not tell harmful from harmless);
+  180 train / 90 heldout.
+- `lookalike`: 180 harmless requests worded like harmful ones ("kill a process", "shoot a portrait", "butcher a
+  chicken", "etymology of 'assassin'"), 18 per category in 10 categories; 120 train / 60 heldout. For training
+  and for choosing a recipe, so that harmful-sounding words alone do not draw a refusal.
+- `harmless_check`: 120 harmless requests, all heldout, for a final check only (never for training or for choosing
+  a recipe): 60 everyday requests in 4 categories and 60 lookalike requests in 5 categories, written apart from
+  `harmless` and `lookalike`, mostly with other topics and other harmful-sounding words.
+
+In `harmful`, `harmless` and `lookalike`, every third request of a category in file order (positions 2, 5, 8, ...)
+is `heldout` and the rest are `train`.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ import re
 
 from jaxheads.errors import DataError
 
-BUILTIN_SETS = ("harmful", "harmless")
+BUILTIN_SETS = ("harmful", "harmless", "lookalike", "harmless_check")
 SPLITS = ("train", "heldout")
 FILE_FORMATS = (".csv", ".json", ".jsonl", ".txt")
 # Tried in this order when no column is given; matched exactly first, then ignoring case.
@@ -25,7 +36,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w-]*$|^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def load_builtin_records(name: str) -> list[dict]:
-    """The records (`prompt`, `category`, `split`) of the built-in set `name` ("harmful" or "harmless")."""
+    """The records (`prompt`, `category`, `split`) of the built-in set `name`, one of BUILTIN_SETS."""
     if name not in BUILTIN_SETS:
         raise DataError(f"unknown built-in prompt set {name!r}; choose one of {', '.join(BUILTIN_SETS)}")
     text = importlib.resources.files("jaxheads.data").joinpath(f"{name}.jsonl").read_text(encoding="utf-8")
@@ -42,7 +53,7 @@ def load_prompts(source: str, column: str | None = None, limit: int | None = Non
                  split: str | None = None) -> list[str]:
     """The prompts of `source`, stripped, blank ones skipped, in source order, at most `limit` of them.
 
-    `source` is `builtin:harmful` or `builtin:harmless` (optionally `:train` / `:heldout`, or `split=`), a path
+    `source` is `builtin:NAME` for NAME in BUILTIN_SETS (optionally `:train` / `:heldout`, or `split=`), a path
     to a .csv/.json/.jsonl/.txt file, or a `datasets` hub id (its `split`, default "train"). For tables and
     objects the prompt column is `column`, else the first of PROMPT_COLUMNS present.
     """
