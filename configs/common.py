@@ -9,8 +9,9 @@ FIELDS = {
     "model": ("", "Model: a Hugging Face folder, a .gguf file, a hub id (owner/name) or a packaged name (smollm2, "
                   "gemma3-270m); empty = the embedded SmolLM2-135M-Instruct."),
     "dtype": ("float32", "Parameter and activation dtype: float32 or bfloat16."),
-    "dataset": ("builtin:harmful", "Prompts: builtin:harmful or builtin:harmless (optionally :train or :heldout), "
-                                   "a .csv/.json/.jsonl/.txt file, or a datasets hub id (needs jaxheads[hub])."),
+    "dataset": ("builtin:harmful", "Prompts: a built-in set (builtin:harmful, builtin:harmless, builtin:lookalike, "
+                                   "builtin:harmless_check; optionally :train or :heldout), a .csv/.json/.jsonl/.txt "
+                                   "file, or a datasets hub id (needs jaxheads[hub])."),
     "column": ("", "Column holding the prompts in a table or hub dataset; empty = the first of prompt, instruction, "
                    "goal, input, question, behavior."),
     "limit": (0, "Use only the first N prompts; 0 = all."),
@@ -20,6 +21,7 @@ FIELDS = {
                        "epsilon) or mean (its output replaced by the mean of its layer's heads)."),
     "epsilon": (1e-5, "Scale of the ua and sc ablations: 0 < epsilon < 1 for ua, 0 <= epsilon < 1 for sc."),
     "batch_size": (16, "Prompts per batch."),
+    "rank": (1, "Principal angles summed in the dataset-level score: 1 .. the number of prompts."),
     "chunk_size": (0, "Ablations run together per device call; 0 = as many as half the free device memory holds "
                       "(16 on CPU)."),
     "mesh": ("", "Device mesh 'data,model', e.g. 4,2 (-1 = the remaining devices); empty = every device "
@@ -28,6 +30,9 @@ FIELDS = {
     "judge": ("keyword", "Refusal judge of the ASR: keyword (jaxheads' list, any case) or reference (the Ships "
                          "authors' list and rule, case-sensitive); both are reported side by side."),
     "seed": (0, "Random seed."),
+    "harmless": ("", "A harmless prompt set scored like the harmful one (same forms as --dataset); empty = none."),
+    "specificity": (0.0, "λ: rank heads by their score on --dataset minus λ times their score on --harmless, so "
+                         "that heads every answer needs do not rank first; 0 = the harmful score alone."),
 }
 
 

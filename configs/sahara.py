@@ -3,13 +3,12 @@ representation of the prompts."""
 
 from jaxheads.configs import common
 
-SHARED = ("model", "dtype", "dataset", "column", "limit", "prompt_format", "ablation", "epsilon", "batch_size",
-          "chunk_size", "mesh")
+SHARED = ("model", "dtype", "dataset", "column", "limit", "prompt_format", "ablation", "epsilon", "harmless",
+          "specificity", "rank", "batch_size", "chunk_size", "mesh")
 HELP = common.help_lines(
     SHARED,
     steps="Heads to choose (greedy steps); a rerun with more steps continues a finished search, with fewer "
           "reports its first steps.",
-    rank="Principal angles summed in the dataset-level score: 1 .. the number of prompts.",
     out="Output folder; a rerun with the same settings resumes from its finished steps.",
 )
 
@@ -17,6 +16,5 @@ HELP = common.help_lines(
 def get_config():
     config = common.shared(SHARED)
     config.steps = 3
-    config.rank = 1
     config.out = "runs/sahara"
     return config

@@ -228,3 +228,28 @@ def test_sahara_asr_compares_with_random_heads_and_resumes(tiny_model_with_token
     config.max_heads = 3
     with pytest.raises(JaxheadsError, match=r"--max_heads must be in 1\.\.2"):
         sahara_asr.run(config)
+
+
+def test_specificity_ranks_by_harmful_minus_harmless_and_dataset_level_ships_is_saharas_first_step(
+        tiny_model_with_tokenizer, tmp_path):
+    model = str(tiny_model_with_tokenizer)
+    common = dict(model=model, limit=4, batch_size=4)
+    found = sahara.run(config_of(sahara_config, **common, steps=2, harmless="builtin:harmless", specificity=0.5,
+                                 out=str(tmp_path / "sahara")))
+    for step in found["steps"]:
+        harmful, harmless = (np.array(step[name], float) for name in ("harmful_scores", "harmless_scores"))
+        np.testing.assert_allclose(np.array(step["scores"], float), harmful - 0.5 * harmless, equal_nan=True)
+        assert tuple(step["chosen"]) == np.unravel_index(np.nanargmax(harmful - 0.5 * harmless), harmful.shape)
+    plain = sahara.run(config_of(sahara_config, **common, steps=1, out=str(tmp_path / "plain")))
+    table = ships.run(config_of(ships_config, **common, level="dataset", out=str(tmp_path / "dataset")))
+    assert table["axes"]["scores"] == ["layer", "head"]
+    np.testing.assert_allclose(table["scores"], plain["steps"][0]["scores"], rtol=1e-6)
+    np.testing.assert_allclose(found["steps"][0]["harmful_scores"], plain["steps"][0]["scores"], rtol=1e-6)
+
+    query = ships.run(config_of(ships_config, **common, harmless="builtin:harmless", specificity=2.0,
+                                out=str(tmp_path / "query")))
+    np.testing.assert_allclose(query["specific"], np.array(query["mean"]) - 2.0 * np.array(query["harmless_mean"]),
+                               rtol=1e-6)
+    assert query["num_harmless_prompts"] == 4 and (tmp_path / "query" / "ships_harmless.partial.jsonl").exists()
+    with pytest.raises(JaxheadsError, match="--harmless must be a prompt set when --specificity > 0"):
+        ships.run(config_of(ships_config, **common, specificity=1.0, out=str(tmp_path / "bad")))
