@@ -161,25 +161,11 @@ def load(spec: str | os.PathLike | None = None, dtype: str = "float32", cache: b
     if dtype not in DTYPES:
         raise LoadError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     jdtype = DTYPES[dtype]
-    if spec is None or str(spec) in PACKAGED_MODELS:
-        from jaxheads.weights import gguf
+    path, kind, name = resolve(spec)
+    if kind == "hub":
+        from jaxheads.weights.hub import download
 
-        finder, name = PACKAGED_MODELS[DEFAULT_MODEL if spec is None else str(spec)]
-        path, kind = getattr(gguf, finder)(), "gguf"
-    else:
-        path, name = pathlib.Path(os.path.expanduser(str(spec))), str(spec)
-        if path.is_file():
-            if path.suffix != ".gguf":
-                raise LoadError(f"{path} is a file but not a .gguf file; pass a .gguf file or a model directory")
-            kind = "gguf"
-        elif path.is_dir():
-            kind = "directory"
-        elif not HUB_ID.fullmatch(str(spec)) or str(spec).endswith(".gguf"):
-            raise LoadError(f"no such model file or directory: {spec}")
-        else:
-            from jaxheads.weights.hub import download
-
-            path, kind = download(str(spec)), "directory"
+        path, kind = download(str(path)), "directory"
     if kind == "gguf":
         model = _load_gguf(path, jdtype, name, cache)
         model.fingerprint = gguf_fingerprint(path)
@@ -188,6 +174,52 @@ def load(spec: str | os.PathLike | None = None, dtype: str = "float32", cache: b
         model.fingerprint = directory_fingerprint(path)
     model.fingerprint["dtype"] = dtype
     return model
+
+
+def resolve(spec: str | os.PathLike | None) -> tuple[pathlib.Path | str, str, str]:
+    """`(where, kind, name)` of a model spec: kind "gguf" (a file, or a packaged model's file), "directory", or
+    "hub" (where is then the hub id, not yet downloaded)."""
+    if spec is None or str(spec) in PACKAGED_MODELS:
+        from jaxheads.weights import gguf
+
+        finder, name = PACKAGED_MODELS[DEFAULT_MODEL if spec is None else str(spec)]
+        return getattr(gguf, finder)(), "gguf", name
+    path = pathlib.Path(os.path.expanduser(str(spec)))
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise LoadError(f"{path} is a file but not a .gguf file; pass a .gguf file or a model directory")
+        return path, "gguf", str(spec)
+    if path.is_dir():
+        return path, "directory", str(spec)
+    if not HUB_ID.fullmatch(str(spec)) or str(spec).endswith(".gguf"):
+        raise LoadError(f"no such model file or directory: {spec}")
+    return str(spec), "hub", str(spec)
+
+
+def read_model_config(spec: str | os.PathLike | None = None) -> ModelConfig:
+    """The architecture of a model without its weights: from a folder's config.json, a config.json file itself, a
+    GGUF's metadata (or its cache entry's config.json), or a hub id's config.json alone (downloaded)."""
+    from jaxheads.weights.safetensors import read_config
+
+    if spec is not None and pathlib.Path(os.path.expanduser(str(spec))).name == "config.json":
+        path = pathlib.Path(os.path.expanduser(str(spec)))
+        if not path.is_file():
+            raise LoadError(f"no such file: {path}")
+        return config_from_hf(read_config(path.parent))
+    path, kind, _ = resolve(spec)
+    if kind == "hub":
+        from jaxheads.weights.hub import download_config
+
+        return config_from_hf(read_config(download_config(str(path))))
+    if kind == "directory":
+        return config_from_hf(read_config(path))
+    from jaxheads.weights import cache as gguf_cache
+    from jaxheads.weights.gguf import read_gguf
+
+    entry = gguf_cache.gguf_entry(path)
+    if gguf_cache.is_complete(entry):
+        return config_from_hf(read_config(entry))
+    return config_from_hf(read_gguf(path).config)
 
 
 def directory_fingerprint(directory: pathlib.Path) -> dict:

@@ -15,6 +15,7 @@ COMMANDS = {
     "align": "safety alignment by supervised fine-tuning",
     "finetune": "harmful fine-tuning (SFT or Surgery) of an aligned model",
     "compare": "top-k overlap and rank correlation of the safety heads of several runs",
+    "plan": "memory of a scan per device, from the model's config alone",
 }
 
 
