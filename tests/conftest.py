@@ -10,6 +10,15 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+@pytest.fixture(autouse=True, scope="session")
+def jaxheads_cache_dir(tmp_path_factory):
+    """GGUF conversions and compiled programs of the test session go to a temporary folder (inherited by the
+    subprocesses the tests start), not the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JAXHEADS_CACHE_DIR", str(tmp_path_factory.mktemp("jaxheads-cache")))
+        yield
+
+
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
             max_position_embeddings=256, rms_norm_eps=1e-5, initializer_range=0.2)
 
