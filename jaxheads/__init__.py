@@ -19,6 +19,7 @@ from jaxheads.generate import (PAD_MULTIPLE, Generation, Sampling, encode_prompt
                                strip_after_eos)
 from jaxheads.interventions import Interventions, ablate, identity, single_heads
 from jaxheads.loading import Model, load
+from jaxheads.patterns import attention_patterns
 from jaxheads.sharding import DATA, place_rows, split_on_mesh, to_host
 
 __all__ = [

@@ -78,7 +78,8 @@ def local_attention_mask(mask: jax.Array, window: int) -> jax.Array:
 def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: jax.Array,
                   mask: AttentionMask | jax.Array, heads: Interventions | None,
                   cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | int = 0,
-                  sink_index: jax.Array | None = None, kernel: AttentionKernel = AttentionKernel()):
+                  sink_index: jax.Array | None = None, kernel: AttentionKernel = AttentionKernel(),
+                  record: str | None = None):
     """One Gemma decoder layer on `h: [B, T, D]`, with this layer's parameters `p`, RoPE tables `[B, T, d]`
     and mask (already the local or global one); arguments and result as `llama.decoder_layer`."""
     eps = cfg.rms_norm_eps
@@ -91,7 +92,7 @@ def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: 
     q = scale_queries(q, heads)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     out, cache, sink = attend(q, k, v, mask, heads, cache, cache_index, sink_index, cfg.attention_scale,
-                              cfg.attn_logit_softcap, kernel)
+                              cfg.attn_logit_softcap, kernel, record)
     attn = jnp.einsum("btnd,ndD->btD", out, p["o"])
     if cfg.sandwich_norms:
         attn = rms_norm(attn, p["post_attn_norm"], eps)
@@ -136,7 +137,8 @@ class Gemma(Llama):
         return params
 
     def layer_function(self, positions: jax.Array, mask: AttentionMask | jax.Array, dtype,
-                       cache_index: jax.Array | int = 0, sink_index: jax.Array | None = None):
+                       cache_index: jax.Array | int = 0, sink_index: jax.Array | None = None,
+                       record: str | None = None):
         """As `Llama.layer_function`; `mask` is the global (causal) one, and a layer whose `p["local"]` is True
         narrows it to the local window and uses the local RoPE tables (chosen as data inside the layer scan)."""
         cfg, kernel = self.config, self.attention_kernel
@@ -158,7 +160,7 @@ class Gemma(Llama):
             else:
                 rope, layer_mask = (cos, sin), mask
             return decoder_layer(cfg, p, h, *rope, layer_mask, layer_heads, layer_cache, cache_index, sink_index,
-                                 kernel)
+                                 kernel, record)
 
         return layer
 

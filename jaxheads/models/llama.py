@@ -169,25 +169,34 @@ def scale_queries(q: jax.Array, heads: Interventions | None) -> jax.Array:
     return q * _per_head(heads.q_scale).astype(q.dtype)
 
 
+RECORDS = ("probs", "heads")  # what a layer can return in place of the sink column
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask | jax.Array, heads: Interventions | None,
            cache: tuple[jax.Array, jax.Array] | None, cache_index: jax.Array | int, sink_index: jax.Array | None,
-           scale: float, softcap: float | None = None, kernel: AttentionKernel = AttentionKernel()):
+           scale: float, softcap: float | None = None, kernel: AttentionKernel = AttentionKernel(),
+           record: str | None = None):
     """Grouped-query attention of rotated `q: [B, T, N, d]` over `k, v: [B, T, K, d]`, then `out_scale` and
     `mean_mix` on the per-head output.
 
     With a `cache` (`k, v: [B, S, K, d]`), this step's keys/values are written at `cache_index` and attention runs
     over all S slots. `mask` describes which slots each query may attend (an `AttentionMask`, or a dense `[B, T, S]`
     bool array); `kernel` picks the dense or the blocked kernel from the key length (`jaxheads.attention`).
-    Logits are `scale * q.k` in float32, soft-capped to `softcap * tanh(. / softcap)` when `softcap` is set. With
-    `sink_index: [B]` (each row's sink key slot), also returns the float32 attention of every head and query onto
-    that slot, `[B, N, T]`. Returns `(out [B, T, N, d], cache or None, sink or None)`.
+    Logits are `scale * q.k` in float32, soft-capped to `softcap * tanh(. / softcap)` when `softcap` is set.
+    Returns `(out [B, T, N, d], cache or None, extra)`. `extra` is, with `sink_index: [B]` (each row's sink key
+    slot), the float32 attention of every head and query onto that slot `[B, N, T]`; with `record="probs"` the
+    float32 attention probabilities `[B, N, T, S]` (dense kernel whatever the length); with `record="heads"` the
+    per-head output `out` itself (the input of o_proj); otherwise None.
     """
+    if record is not None and record not in RECORDS:
+        raise ValueError(f"record must be one of {RECORDS}, got {record!r}")
     if cache is not None:
         k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
         v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
         cache, k, v = (k_cache, v_cache), k_cache, v_cache
-    out, sink, _ = attention(q, k, v, mask, scale, softcap, sink_index, kernel)
-    return intervene_on_outputs(out, heads), cache, sink
+    out, sink, probs = attention(q, k, v, mask, scale, softcap, sink_index, kernel, with_probs=record == "probs")
+    out = intervene_on_outputs(out, heads)
+    return out, cache, {"probs": probs, "heads": out}.get(record, sink)
 
 
 def intervene_on_outputs(out: jax.Array, heads: Interventions | None) -> jax.Array:
@@ -203,12 +212,14 @@ def intervene_on_outputs(out: jax.Array, heads: Interventions | None) -> jax.Arr
 def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: jax.Array,
                   mask: AttentionMask | jax.Array, heads: Interventions | None,
                   cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | int = 0,
-                  sink_index: jax.Array | None = None, kernel: AttentionKernel = AttentionKernel()):
+                  sink_index: jax.Array | None = None, kernel: AttentionKernel = AttentionKernel(),
+                  record: str | None = None):
     """One decoder layer on `h: [B, T, D]` with this layer's parameters `p` (no leading L axis).
 
     `heads` holds this layer's intervention scales (`[N]` or `[B, N]` each); `mask`, `cache`, `cache_index`,
-    `sink_index` and `kernel` are as in `attend`.
-    Returns `(h, cache, sink)`: the new hidden state, the updated cache (or None), the sink column (or None).
+    `sink_index`, `kernel` and `record` are as in `attend`.
+    Returns `(h, cache, extra)`: the new hidden state, the updated cache (or None), and `attend`'s extra (the
+    sink column, or the recorded probabilities or head outputs, or None).
     """
     x = rms_norm(h, p["attn_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("btD,Dnd->btnd", x, p["q"])
@@ -221,7 +232,7 @@ def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: 
     q = scale_queries(q, heads)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     out, cache, sink = attend(q, k, v, mask, heads, cache, cache_index, sink_index, cfg.attention_scale,
-                              kernel=kernel)
+                              kernel=kernel, record=record)
     attn = jnp.einsum("btnd,ndD->btD", out, p["o"])
     if cfg.o_bias:
         attn = attn + p["o_bias"]
@@ -319,14 +330,17 @@ class Llama(nnx.Module):
         return self.layer_params()
 
     def layer_function(self, positions: jax.Array, mask: AttentionMask | jax.Array, dtype,
-                       cache_index: jax.Array | int = 0, sink_index: jax.Array | None = None):
-        """`layer(p, h, heads, cache) -> (h, cache, sink)`: one decoder layer with that layer's slice `p` of
-        `scanned_params`, for tokens at RoPE `positions: [B, T]` under `mask` (activations in `dtype`)."""
+                       cache_index: jax.Array | int = 0, sink_index: jax.Array | None = None,
+                       record: str | None = None):
+        """`layer(p, h, heads, cache) -> (h, cache, extra)`: one decoder layer with that layer's slice `p` of
+        `scanned_params`, for tokens at RoPE `positions: [B, T]` under `mask` (activations in `dtype`); `extra`
+        as in `attend` (the sink column, or what `record` asks for)."""
         cfg, kernel = self.config, self.attention_kernel
         cos, sin = rope_tables(cfg, positions, dtype)
 
         def layer(p, h, layer_heads, layer_cache):
-            return decoder_layer(cfg, p, h, cos, sin, mask, layer_heads, layer_cache, cache_index, sink_index, kernel)
+            return decoder_layer(cfg, p, h, cos, sin, mask, layer_heads, layer_cache, cache_index, sink_index, kernel,
+                                 record)
 
         return layer
 
