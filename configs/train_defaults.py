@@ -46,7 +46,7 @@ def add_train_defaults(config: ml_collections.ConfigDict) -> ml_collections.Conf
     config.lora_alpha = 16.0
     config.lora_targets = "q,k,v,o"
     config.surgery_lambda = 0.0
-    config.surgery_batch = 2
+    config.surgery_batch = 2  # per side and micro-step
     config.sink_every = 0
     config.max_length = 256
     config.fsdp = False

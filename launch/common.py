@@ -20,8 +20,9 @@ _KINDS = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DE
 
 # Flags of every launch that set up the process but are not settings of a run.
 PROCESS_FLAGS = {
-    "config": "An ml_collections config file with get_config() that replaces the command's defaults "
-              "(its fields can also be set as --config.FIELD=VALUE).",
+    "config": "An ml_collections config file with get_config() that replaces the command's defaults, or the name "
+              "of one shipped in jaxheads.configs such as finetune_authors (fields can also be set as "
+              "--config.FIELD=VALUE).",
     "distributed": "Multi-host: call jax.distributed.initialize() first (coordinator found on TPU pods and under "
                    "Slurm); every process runs the same command and only process 0 writes files.",
     "compilation_cache": "Keep compiled programs in the jaxheads cache folder, so a rerun does not compile again.",
@@ -65,6 +66,18 @@ def help_text(command: str, config_module: ModuleType, doc: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def named_config(arg: str) -> str:
+    """`--config=NAME` for a config shipped in `jaxheads.configs` (e.g. finetune_authors) becomes the path of its file;
+    any other argument is returned unchanged."""
+    name = arg.removeprefix("--config=") if arg.startswith("--config=") else None
+    if not name or not name.isidentifier():
+        return arg
+    import importlib.util
+
+    spec = importlib.util.find_spec(f"jaxheads.configs.{name}")
+    return f"--config={spec.origin}" if spec is not None else arg
+
+
 def resolved_config(config_module: ModuleType):
     """The command's config: its defaults, then the fields of a `--config` file (and `--config.FIELD` flags), then
     every flag given on the command line. A config file with a field the command does not know is an error."""
@@ -96,7 +109,7 @@ def cache_compilations() -> None:
 def launch(command: str, run: Callable, config_module: ModuleType, doc: str, argv: list[str] | None = None) -> None:
     """Parses `argv` (default: the process's arguments) into the command's config and calls `run(config)`.
     `--help` prints every flag with its default and exits with status 0."""
-    argv = list(sys.argv if argv is None else argv)
+    argv = [named_config(arg) for arg in (sys.argv if argv is None else argv)]
     if any(arg in HELP_ARGS for arg in argv[1:]):
         sys.stdout.write(help_text(command, config_module, doc))
         sys.exit(0)

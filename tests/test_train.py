@@ -166,3 +166,20 @@ def test_bad_settings_are_clear_errors(tiny_checkpoint, tmp_path):
     model = jaxheads.load(tiny_checkpoint("llama_mha")[1])
     with pytest.raises(JaxheadsError, match="needs .harmful, safe. pairs"):
         train(model, _examples(2, seed=6), TrainConfig(steps=1, surgery_lambda=1.0), tmp_path)
+
+
+def test_surgery_samples_are_drawn_per_side_unless_paired():
+    unpaired = PairSet(_examples(5, seed=7), _examples(3, seed=8))
+    key = jax.random.key(0)
+    harmful, safe = unpaired.draw(key, 3)
+    assert len(harmful) == len(set(harmful)) == 3 and all(0 <= i < 5 for i in harmful)
+    assert sorted(safe) == [0, 1, 2]  # 3 drawn from 3 without replacement
+    assert unpaired.draw(key, 3) == (harmful, safe)  # a function of the key, so resumed runs draw the same
+    many = [unpaired.draw(jax.random.key(seed), 2) for seed in range(20)]
+    assert any(h != s for h, s in many)  # the two sides are drawn independently
+    paired = PairSet(_examples(4, seed=7), _examples(4, seed=8), paired=True)
+    assert all(h == s for h, s in (paired.draw(jax.random.key(seed), 2) for seed in range(5)))
+    with pytest.raises(JaxheadsError, match="as many of each"):
+        PairSet(_examples(4, seed=7), _examples(3, seed=8), paired=True)
+    batch_h, batch_s = unpaired.batches([4], [0, 2], pad=0, max_length=32)
+    assert batch_h.ids.shape[0] == 1 and batch_s.ids.shape[0] == 2

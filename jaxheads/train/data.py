@@ -84,17 +84,35 @@ def sample_indices(position: int, batch_size: int, size: int, seed: int) -> np.n
 
 @dataclasses.dataclass
 class PairSet:
-    """Surgery pairs: `harmful[i]` and `safe[i]` share a prompt (harmful answer vs refusal)."""
+    """The Surgery regularizer's samples: harmful sequences (prompt + harmful answer) and safe ones (prompt + refusal
+    or safe answer). Unpaired (the authors' way, the default): each step draws from each side on its own, and the
+    sides may hold different prompts and counts. Paired: `harmful[i]` and `safe[i]` share a prompt and are drawn
+    together."""
 
     harmful: list[Example]
     safe: list[Example]
+    paired: bool = False
 
     def __post_init__(self):
-        if len(self.harmful) != len(self.safe) or not self.harmful:
-            raise DataError(f"Surgery needs matching non-empty harmful and safe examples, got {len(self.harmful)} "
-                            f"harmful and {len(self.safe)} safe")
+        if not self.harmful or not self.safe or (self.paired and len(self.harmful) != len(self.safe)):
+            raise DataError(f"Surgery needs non-empty harmful and safe samples{', as many of each' if self.paired else ''}"
+                            f"; got {len(self.harmful)} harmful and {len(self.safe)} safe")
 
-    def batches(self, indices: Sequence[int], pad: int, max_length: int) -> tuple[Batch, Batch]:
-        """The harmful and the safe batch of the pairs at `indices`."""
-        return (pad_right([self.harmful[i] for i in indices], pad, max_length),
-                pad_right([self.safe[i] for i in indices], pad, max_length))
+    def draw(self, key, size: int) -> tuple[list[int], list[int]]:
+        """Indices of `size` harmful and `size` safe samples drawn with the PRNG `key` (with replacement only when
+        a side has fewer than `size`)."""
+        import jax
+
+        if self.paired:
+            drawn = jax.random.choice(key, len(self.harmful), (size,), replace=size > len(self.harmful))
+            return np.asarray(drawn).tolist(), np.asarray(drawn).tolist()
+        harmful_key, safe_key = jax.random.split(key)
+        harmful = jax.random.choice(harmful_key, len(self.harmful), (size,), replace=size > len(self.harmful))
+        safe = jax.random.choice(safe_key, len(self.safe), (size,), replace=size > len(self.safe))
+        return np.asarray(harmful).tolist(), np.asarray(safe).tolist()
+
+    def batches(self, harmful_indices: Sequence[int], safe_indices: Sequence[int], pad: int,
+                max_length: int) -> tuple[Batch, Batch]:
+        """The harmful batch of the samples at `harmful_indices` and the safe batch of those at `safe_indices`."""
+        return (pad_right([self.harmful[i] for i in harmful_indices], pad, max_length),
+                pad_right([self.safe[i] for i in safe_indices], pad, max_length))

@@ -188,7 +188,8 @@ def run_fingerprint(model: Model, examples: Sequence[Example], pairs: PairSet | 
             "param_shapes": {name: list(shape) for name, shape in shapes.items()},
             "examples": content_hash([[list(example.ids), example.prompt_length] for example in examples]),
             "pairs": None if pairs is None else content_hash(
-                [[list(example.ids), example.prompt_length] for example in pairs.harmful + pairs.safe]),
+                {"paired": pairs.paired, "samples": [[list(example.ids), example.prompt_length]
+                                                     for example in pairs.harmful + pairs.safe]}),
             "settings": json.loads(json.dumps(settings))}
 
 
@@ -305,7 +306,8 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
     pad = pad_id(model.tokenizer)
     sink_pairs = None
     if pairs is not None and config.sink_every:
-        sink_pairs = pairs.batches(range(min(SINK_EVAL_PAIRS, len(pairs.harmful))), pad, config.max_length)
+        sink_pairs = pairs.batches(range(min(SINK_EVAL_PAIRS, len(pairs.harmful))),
+                                   range(min(SINK_EVAL_PAIRS, len(pairs.safe))), pad, config.max_length)
     schedule = learning_rate_schedule(config)
     log = JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
     if int(state.micro_step) == 0 and sink_pairs is not None:
@@ -319,9 +321,7 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
             rng, pair_key = jax.random.split(jax.random.wrap_key_data(state.rng))
             pair_batches = None
             if config.surgery_lambda > 0:
-                count, size = len(pairs.harmful), config.surgery_batch
-                drawn = jax.random.choice(pair_key, count, (size,), replace=size > count)
-                pair_batches = pairs.batches(np.asarray(drawn).tolist(), pad, config.max_length)
+                pair_batches = pairs.batches(*pairs.draw(pair_key, config.surgery_batch), pad, config.max_length)
             state, metrics = train_step(state._replace(rng=jax.random.key_data(rng)), frozen, place_batch(batch),
                                         place_batch(pair_batches))
             pending.append({name: float(value) for name, value in metrics.items()})
