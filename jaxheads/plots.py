@@ -287,3 +287,32 @@ def plot_utility(summary: dict, path: str | os.PathLike, title: str = "") -> Non
     if title:
         fig.suptitle(title, fontsize=10)
     save_figure_atomic(fig, path)
+
+
+def plot_last_position_attention(heads: Sequence[tuple[int, int]], examples: dict[str, dict], path: str | os.PathLike,
+                                 title: str = "") -> None:
+    """Saves bars of each head's last-position attention over the tokens of one example prompt per set: a row per
+    head, a column per set (`examples[name]` has `query`, `tokens` and `attention` `[head][token]`), the token
+    strings on the x axis."""
+    names = list(examples)
+    widest = max(len(example["tokens"]) for example in examples.values())
+    fig = Figure(figsize=(min(max(4.0, 0.28 * widest), 11.0) * len(names), 1.2 + 2.4 * len(heads)),
+                 layout="constrained")
+    axes = fig.subplots(len(heads), len(names), squeeze=False)
+    for column, name in enumerate(names):
+        tokens = examples[name]["tokens"]
+        for row, (layer, head) in enumerate(heads):
+            ax = axes[row, column]
+            ax.bar(np.arange(len(tokens)), examples[name]["attention"][row], color="#b2182b" if column == 0
+                   else "#2166ac")
+            ax.set_xticks(np.arange(len(tokens)), tokens, rotation=90, fontsize=7)
+            ax.set_xlim(-0.6, len(tokens) - 0.4)
+            ax.set_ylabel(f"head ({layer}, {head})", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+            if row == 0:
+                query = examples[name]["query"]
+                ax.set_title(f"{name}: {query[:70]}{'…' if len(query) > 70 else ''}", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure_atomic(fig, path)
+

@@ -16,6 +16,7 @@ COMMANDS = {
     "finetune": "harmful fine-tuning (SFT or Surgery) of an aligned model",
     "compare": "top-k overlap and rank correlation of the safety heads of several runs",
     "plan": "memory of a scan per device, from the model's config alone",
+    "patterns": "where chosen heads look from the last prompt position, on harmful and harmless prompts",
     "utility": "perplexity, harmless refusals and arithmetic accuracy with heads ablated vs random heads",
 }
 

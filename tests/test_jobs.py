@@ -14,6 +14,7 @@ from jaxheads.configs import evaluate as evaluate_config
 from jaxheads.configs import sahara as sahara_config
 from jaxheads.configs import sahara_asr as sahara_asr_config
 from jaxheads.configs import ships as ships_config
+from jaxheads.data.formats import format_prompt
 from jaxheads.errors import JaxheadsError
 from jaxheads.jobs import evaluate, sahara, sahara_asr, ships
 
@@ -253,3 +254,30 @@ def test_specificity_ranks_by_harmful_minus_harmless_and_dataset_level_ships_is_
     assert query["num_harmless_prompts"] == 4 and (tmp_path / "query" / "ships_harmless.partial.jsonl").exists()
     with pytest.raises(JaxheadsError, match="--harmless must be a prompt set when --specificity > 0"):
         ships.run(config_of(ships_config, **common, specificity=1.0, out=str(tmp_path / "bad")))
+
+
+def test_patterns_shows_the_last_positions_attention_of_chosen_heads(tiny_model_with_tokenizer, tmp_path):
+    import jaxheads
+    from jaxheads.configs import patterns as patterns_config
+    from jaxheads.jobs import patterns
+
+    model_dir = str(tiny_model_with_tokenizer)
+    result = patterns.run(config_of(patterns_config, model=model_dir, heads="2:3,0:1", limit=3, batch_size=2,
+                                    example=1, out=str(tmp_path / "patterns")))
+    assert result["heads"] == [[2, 3], [0, 1]] and (tmp_path / "patterns" / "patterns.png").stat().st_size > 1000
+    model = jaxheads.load(model_dir)
+    for name in ("harmful", "harmless"):
+        example = result["sets"][name]["example"]
+        ids, mask = jaxheads.encode_prompts(model.tokenizer, [format_prompt(example["query"], "template")],
+                                            pad_to_multiple=1)
+        expected = np.asarray(jaxheads.attention_patterns(model, ids, mask, layers=[2, 0]))[0, :, :, -1]
+        np.testing.assert_allclose(example["attention"], [expected[0, 3], expected[1, 1]], rtol=1e-5, atol=1e-7)
+        assert example["tokens"] == [model.tokenizer.decode([int(token)]) for token in ids[0]]
+        shares = [share for _, share in result["sets"][name]["top_tokens"]["2:3"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-5
+    (tmp_path / "sahara.json").write_text(json.dumps({"heads": [[1, 2], [0, 0], [2, 2]], "steps": []}))
+    top = patterns.run(config_of(patterns_config, model=model_dir, heads_from=str(tmp_path / "sahara.json"), top=2,
+                                 limit=2, out=str(tmp_path / "from_sahara")))
+    assert top["heads"] == [[1, 2], [0, 0]]
+    with pytest.raises(JaxheadsError, match="either as --heads"):
+        patterns.run(config_of(patterns_config, model=model_dir, out=str(tmp_path / "neither")))
