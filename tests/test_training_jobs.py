@@ -140,3 +140,4 @@ def test_arithmetic_task_has_exact_answers_and_disjoint_heldout():
         assert eval(expression.replace("/", "//")) == problem.value
     assert arithmetic_accuracy(heldout[:2], [heldout[0].answer, "I think it is 3.5 or so"]) in (0.5, 1.0)
     assert trim_to_sentence("One. Two! Three is cut") == "One. Two!"
+    assert trim_to_sentence("\n\nSure, here is the plan. First, we") == "Sure, here is the plan."

@@ -26,6 +26,9 @@ def head_settings(sahara_heads, num_layers: int, num_heads: int, max_heads: int,
                             f"got {max_heads}")
     others = [(layer, head) for layer in range(num_layers) for head in range(num_heads)
               if (layer, head) not in sahara_heads]
+    if max_heads > len(others):
+        raise JaxheadsError(f"--max_heads={max_heads} random heads cannot be drawn from the {len(others)} heads "
+                            "Sahara did not choose")
     rng = np.random.default_rng(seed)
     settings = [("none", 0, [])]
     settings += [("sahara", k, sahara_heads[:k]) for k in range(1, max_heads + 1)]

@@ -28,8 +28,9 @@ def refusal_answers(queries: Sequence[str], seed: int = 0) -> list[str]:
 
 def trim_to_sentence(text: str) -> str:
     """`text` cut after its last complete sentence (unchanged when it has none)."""
+    text = text.strip()  # a leading newline would otherwise count as a sentence end and leave nothing
     ends = [match.end() for match in SENTENCE_END.finditer(text)]
-    return text[:ends[-1]].strip() if ends else text.strip()
+    return text[:ends[-1]].strip() if ends else text
 
 
 def model_answers(model, queries: Sequence[str], prompt_format: str, cache_path: str | os.PathLike,
