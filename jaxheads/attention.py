@@ -25,7 +25,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-DENSE_MAX_KEYS = 1024  # key lengths above this run the blocked kernel (on more than one query)
+# Key lengths above this run the blocked kernel (on more than one query). On a 2-core CPU the blocked kernel was
+# already faster at 512 tokens and used half the memory (bench/long_prompt.py; docs/results.md).
+DENSE_MAX_KEYS = 512
 BLOCK_Q = 256  # queries per block of the blocked kernel
 BLOCK_K = 256  # keys per block of the blocked kernel
 NO_WINDOW = 2 ** 30  # a window no distance reaches (int32), for layers without one

@@ -7,8 +7,9 @@ Per device, a scan holds
   where `rows = batch_size / data` is the device's share of a batch's rows and T the padded prompt length;
 - one chunk of ablations' activations: `chunk × scan.ablation_bytes(rows, T)` (one layer's hidden- and MLP-sized
   buffers, the attention's working memory and the vocabulary rows of the last position);
-- for dataset-level scores and Sahara, the final representations of every candidate on every prompt, float32
-  and replicated: `(M + 1) × P × D × 4` for M = L·N candidates and P prompts.
+- for dataset-level scores and Sahara, the final representations of every candidate on every prompt, float32,
+  their hidden axis split over `model` where it divides: `(M + 1) × P × D × 4 / model` for M = L·N candidates
+  and P prompts.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def plan(cfg: ModelConfig, data: int = 1, model: int = 1, prompts: int = 16, tok
     weights = weights_per_device(cfg, itemsize, model)
     layer_inputs = cfg.num_layers * rows * tokens * cfg.hidden_size * itemsize
     one = ablation_bytes(cfg, rows, tokens, itemsize)
-    representations = (cfg.num_layers * cfg.num_heads + 1) * prompts * cfg.hidden_size * 4 if dataset_level else 0
+    split = model if cfg.hidden_size % model == 0 else 1  # scan.representation_zeros splits D over `model`
+    representations = ((cfg.num_layers * cfg.num_heads + 1) * prompts * cfg.hidden_size * 4 // split
+                       if dataset_level else 0)
     largest = None
     if device_bytes is not None:
         room = device_bytes - weights - layer_inputs - representations

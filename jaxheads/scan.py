@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxheads.attention import AttentionKernel, attention_bytes
 from jaxheads.errors import DataError
@@ -26,6 +26,7 @@ from jaxheads.loading import Model
 from jaxheads.models.llama import positions_from_mask, prompt_attention_mask
 from jaxheads.sharding import (
     DATA,
+    MODEL,
     make_mesh,
     replicate,
     shard_rows,
@@ -206,7 +207,8 @@ def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Inte
 
     On `mesh` (default: every device data-parallel) prompt rows are split over `data` and parameters by the
     model's tensor-parallel specs over `model`; ablation arrays are replicated. Representations stay on the
-    devices; only their `[P, P]` Gram matrices come back."""
+    devices, their hidden axis split over `model` (where it divides), and only their `[P, P]` Gram matrices come
+    back."""
     mesh = make_mesh() if mesh is None else mesh
     graphdef, state = split_on_mesh(model.module, mesh)
     if chunk_size == AUTO_CHUNK:
@@ -220,8 +222,8 @@ def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Inte
     num_ablations = ablations.q_scale.shape[0]
     kl = np.zeros((num_ablations, num_prompts), np.float32)
     if keep_gram:
-        hidden = replicate(np.zeros((num_ablations, num_prompts, model.config.hidden_size), np.float32), mesh)
-        base_hidden = replicate(np.zeros((num_prompts, model.config.hidden_size), np.float32), mesh)
+        hidden = representation_zeros((num_ablations, num_prompts, model.config.hidden_size), mesh)
+        base_hidden = representation_zeros((num_prompts, model.config.hidden_size), mesh)
     for batch, outputs in _iterate(graphdef, state, mesh, batches, chunks, progress):
         real = batch.indices >= 0
         columns = batch.indices[real]
@@ -229,14 +231,31 @@ def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Inte
         for chunk, (chunk_kl, chunk_hidden) in zip(chunks, per_chunk):
             count = len(chunk.rows)
             if keep_gram:
-                hidden = hidden.at[jnp.ix_(chunk.rows, columns)].set(chunk_hidden[:count][:, real])
+                hidden = _store(hidden, jnp.asarray(chunk.rows), jnp.asarray(columns), chunk_hidden[:count][:, real])
             kl[np.ix_(chunk.rows, columns)] = to_host(chunk_kl)[:count][:, real]
         if keep_gram:
-            base_hidden = base_hidden.at[columns].set(base[real])
+            base_hidden = _store(base_hidden, None, jnp.asarray(columns), base[real])
     if not keep_gram:
         return ScanResult(kl)
     return ScanResult(kl, to_host(gram_matrices(base_hidden)).astype(np.float64),
                       to_host(gram_matrices(hidden)).astype(np.float64))
+
+
+def representation_zeros(shape: tuple[int, ...], mesh: Mesh) -> jax.Array:
+    """float32 zeros `[..., P, D]` made on the devices of `mesh` with D split over `model` where it divides (the
+    representations of every candidate on every prompt are the largest array of a dataset-level scan)."""
+    split = shape[-1] % mesh.shape[MODEL] == 0 and mesh.shape[MODEL] > 1
+    spec = PartitionSpec(*([None] * (len(shape) - 1)), MODEL if split else None)
+    return jax.jit(lambda: jnp.zeros(shape, jnp.float32), out_shardings=NamedSharding(mesh, spec))()
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _store(representations: jax.Array, rows: jax.Array | None, columns: jax.Array, values: jax.Array) -> jax.Array:
+    """`representations` with `values` written at `[rows][:, columns]` (or `[columns]` when `rows` is None), in
+    place (the old buffer is donated, so no second copy of the whole array is made)."""
+    if rows is None:
+        return representations.at[columns].set(values.astype(representations.dtype))
+    return representations.at[rows[:, None], columns[None, :]].set(values.astype(representations.dtype))
 
 
 @jax.jit

@@ -78,7 +78,7 @@ def _inputs(batch, length, pads, seed=0):
 
 def test_kernel_choice_follows_key_length():
     kernel = AttentionKernel()
-    assert not kernel.blocked(1024, 1024) and kernel.blocked(1025, 1025) and kernel.blocked(2, 4096)
+    assert not kernel.blocked(512, 512) and kernel.blocked(513, 513) and kernel.blocked(2, 4096)
     assert not kernel.blocked(1, 4096)  # one query (a generation step): its logits are already linear in S
     assert FORCED.blocked(2, 1)
 
