@@ -106,10 +106,18 @@ def tree_shardings(tree, specs: Mapping[str, PartitionSpec], shapes: Mapping[str
 
 def split_on_mesh(module, mesh: Mesh):
     """`nnx.split` of a model module with its parameters placed on `mesh` by the module class's tensor-parallel
-    `partition_specs`: returns `(graphdef, state)`."""
+    `partition_specs`: returns `(graphdef, state)`. An array already laid out on `mesh` (loaded onto it, with or
+    without FSDP, or placed here before) stays where it is."""
     graphdef, state = nnx.split(module)
     specs = module.partition_specs(module.config, mesh.shape[MODEL])
-    return graphdef, jax.device_put(state, tree_shardings(state, specs, module.shapes(module.config), mesh))
+
+    def place(array, sharding):
+        current = getattr(array, "sharding", None)
+        if isinstance(current, NamedSharding) and current.mesh == mesh:
+            return array
+        return jax.device_put(array, sharding)
+
+    return graphdef, jax.tree.map(place, state, tree_shardings(state, specs, module.shapes(module.config), mesh))
 
 
 def to_host(array) -> np.ndarray:

@@ -85,10 +85,14 @@ def check_scan_settings(config) -> None:
 
 
 def load_model(config, field: str = "model"):
-    """The model named by `config[field]` ("" = the embedded default) in `config.dtype`."""
+    """The model named by `config[field]` ("" = the embedded default) in `config.dtype`, loaded straight onto
+    the job's `--mesh` (`device_mesh`) when the config has one (split over `data` too with `--fsdp`), so that
+    each process reads only the slices of the weights its devices hold."""
     import jaxheads
 
-    return jaxheads.load(config[field] or None, dtype=config.dtype)
+    mesh = device_mesh(config) if "mesh" in config else None
+    fsdp = mesh is not None and bool(config.get("fsdp", False))
+    return jaxheads.load(config[field] or None, dtype=config.dtype, mesh=mesh, fsdp=fsdp)
 
 
 def device_mesh(config):

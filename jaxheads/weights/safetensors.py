@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 from typing import Any, Iterator
@@ -77,3 +78,40 @@ def read_tensors(directory: pathlib.Path) -> Iterator[tuple[str, np.ndarray]]:
                     yield name, handle.get_tensor(name)
         except (SafetensorError, OSError) as error:
             raise LoadError(f"{path} is not a readable safetensors file (truncated or damaged?): {error}") from error
+
+
+@contextlib.contextmanager
+def _opened(path: pathlib.Path):
+    """`safe_open` of one weight file; a damaged file (at opening or while reading) raises a LoadError naming it."""
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            yield handle
+    except (SafetensorError, OSError) as error:
+        raise LoadError(f"{path} is not a readable safetensors file (truncated or damaged?): {error}") from error
+
+
+class SafetensorsSource:
+    """The tensors of a checkpoint directory, read in slices: `shapes` (name -> shape) comes from the files'
+    headers alone, and `tensor(name)` opens the tensor's file for as long as its slices are read
+    (`read(tensor, name, index)`, `get_slice(name)[index]`: only those bytes are read). A file is opened for one
+    tensor at a time, so the pages of the memory-mapped file that the reads touched leave the process with it."""
+
+    def __init__(self, directory: pathlib.Path):
+        self.files: dict[str, pathlib.Path] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for path in safetensors_files(directory):
+            with _opened(path) as handle:
+                for name in handle.keys():
+                    if name not in self.files:
+                        self.files[name] = path
+                        self.shapes[name] = tuple(handle.get_slice(name).get_shape())
+
+    @contextlib.contextmanager
+    def tensor(self, name: str):
+        with _opened(self.files[name]) as handle:
+            yield handle.get_slice(name)
+
+    @staticmethod
+    def read(tensor, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """The block `index` of an open tensor (`name` is what a test that records the reads sees)."""
+        return tensor[index]
