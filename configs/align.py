@@ -8,13 +8,13 @@ from jaxheads.configs import common, train_defaults
 HELP = {
     **common.help_lines(("model", "dtype")),
     "prompt_formats": "Comma-separated prompt formats; each training pair is rendered in every one.",
-    "harmful": "Prompts answered with the built-in refusals.",
-    "harmless": "Prompts answered with the base model's own greedy answers.",
+    "harmful": "Prompts answered with the built-in refusals (comma-separated sets allowed).",
+    "harmless": "Prompts answered with the base model's own greedy answers (comma-separated sets allowed).",
     "train_limit": "Use only the first N prompts of each training set; 0 = all.",
     "harmless_repeats": "Times each harmless pair appears per epoch (against over-refusal).",
     "answer_tokens": "Greedy tokens of the base model's harmless answers.",
-    "eval_harmful": "Held-out harmful prompts: ASR before and after.",
-    "eval_harmless": "Held-out harmless prompts: refusal rate before and after.",
+    "eval_harmful": "Held-out harmful prompts: ASR before and after (comma-separated sets allowed).",
+    "eval_harmless": "Held-out harmless prompts: refusal rate before and after, per set (comma-separated).",
     "advbench": "An extra harmful evaluation set by path or hub id, e.g. AdvBench's harmful_behaviors.csv; "
                 "empty = none.",
     "advbench_limit": "Prompts of the extra evaluation set used.",

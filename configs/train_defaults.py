@@ -22,7 +22,7 @@ HELP = {
     "sink_every": "Log the number of positive-divergence heads every this many steps; 0 = never.",
     "max_length": "Tokens per training example (prompt + answer); longer answers are cut.",
     "fsdp": "On a mesh, also split each parameter's largest divisible axis over the data axis.",
-    "mesh": "Device mesh 'data,model', e.g. 4,2 (-1 = the remaining devices); empty = one device.",
+    "mesh": "Device mesh 'data,model', e.g. 4,2 (-1 = the remaining devices); empty = every device data-parallel.",
     "seed": "Seed of the data order, LoRA initialisation and Surgery draws.",
     "save_every": "Checkpoint every this many steps (and at the end, and on Ctrl-C).",
     "keep_checkpoints": "Checkpoints kept on disk.",

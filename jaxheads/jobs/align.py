@@ -38,10 +38,30 @@ def check_config(config) -> None:
     training.train_config(config, 1)
 
 
+def sources(text: str) -> list[str]:
+    """The prompt sets of a comma-separated setting."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def set_name(source: str) -> str:
+    """A short name for a prompt set in align.json: builtin:harmless:heldout -> harmless_heldout, a file -> its
+    stem."""
+    if source.startswith("builtin:"):
+        return source.removeprefix("builtin:").replace(":", "_")
+    return os.path.splitext(os.path.basename(source.rstrip("/")))[0]
+
+
+def load_sources(text: str, limit: int) -> list[str]:
+    """The prompts of every set of a comma-separated setting, in order, each limited to `limit` (0 = all)."""
+    from jaxheads.data.loaders import load_prompts
+
+    return [prompt for source in sources(text) for prompt in load_prompts(source, limit=limit or None)]
+
+
 def eval_sets(config) -> dict[str, tuple[str, int]]:
-    """The held-out sets evaluated before and after: name -> (source, limit)."""
-    sets = {"harmful_heldout": (config.eval_harmful, config.eval_limit),
-            "harmless_heldout": (config.eval_harmless, config.eval_limit)}
+    """The held-out sets evaluated before and after: name -> (source, limit). `eval_harmless` may list several."""
+    sets = {set_name(source): (source, config.eval_limit) for source in sources(config.eval_harmful)}
+    sets.update({set_name(source): (source, config.eval_limit) for source in sources(config.eval_harmless)})
     if config.advbench:
         sets["advbench"] = (config.advbench, min(config.advbench_limit, config.eval_limit or config.advbench_limit))
     return sets
@@ -69,8 +89,8 @@ def run(config) -> dict:
     formats = prompt_formats(config)
     with io.RunFolder(config.out) as folder:
         base = common.load_model(config)
-        harmful = load_prompts(config.harmful, limit=config.train_limit or None)
-        harmless = load_prompts(config.harmless, limit=config.train_limit or None)
+        harmful = load_sources(config.harmful, config.train_limit)
+        harmless = load_sources(config.harmless, config.train_limit)
         data = {"harmful": harmful, "harmless": harmless}
         data.update({name: load_prompts(source, limit=limit or None)
                      for name, (source, limit) in eval_sets(config).items()})
