@@ -26,7 +26,7 @@ from jaxheads.loading import Model
 from jaxheads.models.config import ModelConfig
 from jaxheads.models.llama import Llama
 from jaxheads.sahara import sahara
-from jaxheads.scan import ablation_bytes
+from jaxheads.plan import describe, plan
 
 SHAPES = {
     "7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
@@ -87,14 +87,16 @@ def main():
           f"{flops / warm / 1e12:.3g} TFLOP/s = {100 * flops / warm / (peak * 1e9):.0f}% of the "
           f"measured matmul peak")
     print(f"  chosen heads {result.heads}")
-    estimate = args.chunk * ablation_bytes(cfg, batch, padded, jnp.dtype(dtype).itemsize)
+    memory = plan(cfg, prompts=args.prompts, tokens=padded, dtype=args.dtype, batch_size=batch,
+                  chunk_size=args.chunk, dataset_level=True)
     stats = jax.devices()[0].memory_stats() or {}
     device_peak = (f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB" if "peak_bytes_in_use" in stats
                    else "not reported by this device")
     print(f"  peak memory: device {device_peak}; host max RSS "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; weights "
-          f"{sum(x.nbytes for x in jax.tree.leaves(nnx.state(module))) / 2**30:.2f} GiB; estimated activations of "
-          f"one chunk of {args.chunk} ablations (scan.ablation_bytes) {estimate / 2**30:.2f} GiB")
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    print("  the planner's estimate (jaxheads plan) for this step:")
+    for line in describe(memory):
+        print(f"  {line}")
 
 
 if __name__ == "__main__":
