@@ -31,15 +31,34 @@ def test_the_command_lists_its_subcommands(tmp_path):
     assert unknown.returncode == 2 and "unknown command 'shipz'" in unknown.stderr
 
 
-@pytest.mark.parametrize("command", list(COMMANDS))
-def test_help_lists_every_setting_with_its_default_and_exits_0(command, tmp_path):
-    config = importlib.import_module(f"jaxheads.configs.{command}")
-    result = jaxheads(command, "--help", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    for name, value in config.get_config().items():
-        shown = f"'{value}'" if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else value
-        assert f"\n  --{name}={shown}\n" in result.stdout
-    assert "--config=FILE" in result.stdout and "--debug" in result.stdout
+HELP_OF_EVERY_COMMAND = """
+import contextlib, io, json, sys
+from jaxheads.launch.cli import COMMANDS, main
+found = {}
+for command in COMMANDS:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(["jaxheads", command, "--help"])
+        except SystemExit as exit:
+            found[command] = [exit.code, out.getvalue()]
+print(json.dumps(found))
+"""
+
+
+def test_help_lists_every_setting_with_its_default_and_exits_0(tmp_path):
+    console = jaxheads("ships", "--help", cwd=tmp_path)
+    assert console.returncode == 0 and "\n  --model=''\n" in console.stdout
+    found = json.loads(subprocess.run([sys.executable, "-c", HELP_OF_EVERY_COMMAND], cwd=tmp_path, capture_output=True,
+                                      text=True, timeout=300, check=True).stdout)
+    assert set(found) == set(COMMANDS)
+    for command, (code, text) in found.items():
+        config = importlib.import_module(f"jaxheads.configs.{command}")
+        assert code == 0, command
+        for name, value in config.get_config().items():
+            shown = f"'{value}'" if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else value
+            assert f"\n  --{name}={shown}\n" in text, (command, name)
+        assert "--config=FILE" in text and "--debug" in text
 
 
 def test_every_config_field_has_one_help_line():
