@@ -24,7 +24,7 @@ from jaxheads.sharding import DATA, place_rows, split_on_mesh, to_host
 
 __all__ = [
     "DataError", "Generation", "Interventions", "JaxheadsError", "LoadError", "Model", "Sampling",
-    "ablate", "forward", "generate", "identity", "load", "single_heads",
+    "ablate", "attention_patterns", "encode_prompts", "forward", "generate", "identity", "load", "single_heads",
 ]
 
 
@@ -58,15 +58,33 @@ def eos_ids(model: Model) -> tuple[int, ...]:
 
 def generate(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]], *, max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, interventions: Interventions | None = None,
-             batch_size: int = 16, progress: bool = False, mesh: Mesh | None = None) -> Generation:
+             batch_size: int = 16, progress: bool = False, mesh: Mesh | None = None, guard=None,
+             prompt_format: str | None = None) -> Generation:
     """Generates continuations of prompts with a KV cache, `batch_size` prompts at a time.
 
     `prompts`: texts (already formatted; tokenized here) or lists of token ids. Greedy when `temperature == 0`. `interventions`: `[L, N]` for every prompt or `[len(prompts), L, N]`.
     On a `mesh`, batch rows (rounded up to a multiple of its `data` axis) are split over `data` and the weights
     over `model` by the model's tensor-parallel specs; without one, generation runs where the weights are.
+
+    `prompt_format` (template, chat or direct): the prompts are user requests, formatted here. `guard` (a
+    `jaxheads.guard.Guard`, e.g. `load_guard()`): the prompts are user requests, which the guard classifies
+    first; Unsafe ones get the guard's refusal without running the model, Conditionally Safe ones get the
+    guard's safety preamble in front of the request, then each request the model runs on is formatted with
+    `prompt_format` (default direct: as it is); the result also holds each prompt's tier and whether it was
+    flagged (Focused Attention) or withheld (Unsafe).
     """
     if max_new_tokens < 1:
         raise JaxheadsError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                   batch_size=batch_size, progress=progress)
+    if guard is not None:
+        from jaxheads.guard import guarded_generation
+
+        return guarded_generation(generate, model, prompts, guard, prompt_format, interventions, mesh, **options)
+    if prompt_format is not None:
+        from jaxheads.data.formats import format_prompt
+
+        prompts = [format_prompt(prompt, prompt_format, model.tokenizer) for prompt in prompts]
     prompts = list(prompts)
     per_prompt = interventions is not None and jnp.ndim(interventions.q_scale) == 3
     if per_prompt and interventions.q_scale.shape[0] != len(prompts):

@@ -56,6 +56,18 @@ def check_heads(heads: Sequence[Head], num_layers: int, num_heads: int) -> list[
     return checked
 
 
+def parse_heads(text: str, flag: str = "--heads") -> list[Head]:
+    """'2:3,10:0' -> [(2, 3), (10, 0)]; a bad item is an error naming the `flag` it came from."""
+    heads = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            layer, head = item.split(":")
+            heads.append((int(layer), int(head)))
+        except ValueError as error:
+            raise JaxheadsError(f"{flag} wants layer:head pairs like 2:3,10:0; cannot read {item!r}") from error
+    return heads
+
+
 def ablation_mask(heads: Sequence[Head], num_layers: int, num_heads: int) -> np.ndarray:
     """Boolean `[L, N]` mask with True at the given heads."""
     mask = np.zeros((num_layers, num_heads), bool)

@@ -2,9 +2,7 @@
 from the architecture, and its advice when a plan does not fit."""
 
 import json
-import math
 
-import numpy as np
 import pytest
 
 from bench.plan_table import CONFIGS

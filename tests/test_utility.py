@@ -14,7 +14,7 @@ from jaxheads.errors import JaxheadsError
 from jaxheads.eval import asr
 from jaxheads.eval.utility import answer_perplexity
 from jaxheads.interventions import ablation_mask, from_mask
-from jaxheads.jobs import utility
+from jaxheads.jobs import common, utility
 from jaxheads.jobs.common import load_prompt_set
 from jaxheads.train import tokenize_examples
 from jaxheads.train.datasets import model_answers
@@ -163,7 +163,7 @@ def test_the_set_comes_from_a_sahara_json_or_the_heads_flag(tmp_path):
     path.write_text(json.dumps({"scores": [[0.5]]}))
     with pytest.raises(JaxheadsError, match='no list of \\[layer, head\\] pairs under "heads"'):
         utility.chosen_heads(config_of(sahara=str(path)))
-    settings = utility.head_settings([(2, 1), (0, 3), (1, 0)], 3, 4, 2, 3, seed=0)
+    settings = common.head_settings([(2, 1), (0, 3), (1, 0)], 3, 4, 2, 3, seed=0)
     assert settings[:3] == [("none", 0, []), ("chosen", 1, [(2, 1)]), ("chosen", 2, [(2, 1), (0, 3)])]
     assert [k for name, k, _ in settings if name == "random"] == [1, 1, 1, 2, 2, 2]
     assert all(not set(heads) & {(2, 1), (0, 3), (1, 0)} for name, _, heads in settings if name == "random")

@@ -179,6 +179,43 @@ def json_table(array) -> list:
     return np.where(np.isnan(array), None, array).tolist()
 
 
+def head_settings(heads, num_layers: int, num_heads: int, max_heads: int, draws: int, seed: int,
+                  name: str = "chosen") -> list[tuple[str, int, list[tuple[int, int]]]]:
+    """The settings of a comparison with random heads, in order: no ablation, the first k of `heads` (named
+    `name`), then `draws` sets of k random heads not in `heads`, for k = 1..max_heads; each is
+    `(name, k, [(layer, head), ...])`."""
+    from jaxheads.interventions import check_heads
+
+    heads = check_heads(heads, num_layers, num_heads)
+    if not 1 <= max_heads <= len(heads):
+        raise JaxheadsError(f"--max_heads must be in 1..{len(heads)} (the heads in the set), got {max_heads}")
+    others = [(layer, head) for layer in range(num_layers) for head in range(num_heads) if (layer, head) not in heads]
+    if max_heads > len(others):
+        raise JaxheadsError(f"--max_heads={max_heads} random heads cannot be drawn from the {len(others)} heads "
+                            "not in the set; lower --max_heads")
+    rng = np.random.default_rng(seed)
+    settings = [("none", 0, [])]
+    settings += [(name, k, heads[:k]) for k in range(1, max_heads + 1)]
+    for k in range(1, max_heads + 1):
+        for _ in range(draws):
+            picked = rng.choice(len(others), size=k, replace=False)
+            settings.append(("random", k, [others[i] for i in sorted(picked)]))
+    return settings
+
+
+def setting_summary(records: list[dict], max_heads: int, key: str, name: str = "chosen") -> dict:
+    """One measure (`key`) of the records of `head_settings`: `{"none": x, name: [x for k], "random_mean": [...],
+    "random_std": [...]}` (standard deviation over the draws, ddof 0; None values, e.g. an ASR among no
+    non-degenerate responses, are left out of the random statistics)."""
+    def values(setting, k):
+        return [record[key] for record in records if record["name"] == setting and record["k"] == k]
+
+    random = [[value for value in values("random", k) if value is not None] for k in range(1, max_heads + 1)]
+    return {"none": values("none", 0)[0], name: [values(name, k)[0] for k in range(1, max_heads + 1)],
+            "random_mean": [float(np.mean(draws)) if draws else None for draws in random],
+            "random_std": [float(np.std(draws)) if draws else None for draws in random]}
+
+
 def stopwatch() -> Callable[[], float]:
     """A function returning the seconds since it was last called (or created)."""
     last = [time.perf_counter()]

@@ -12,19 +12,8 @@ import numpy as np
 
 from jaxheads import io
 from jaxheads.errors import JaxheadsError
+from jaxheads.interventions import parse_heads
 from jaxheads.jobs import common
-
-
-def parse_heads(text: str) -> list[tuple[int, int]]:
-    """'2:3,10:0' -> [(2, 3), (10, 0)]."""
-    heads = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        try:
-            layer, head = item.split(":")
-            heads.append((int(layer), int(head)))
-        except ValueError as error:
-            raise JaxheadsError(f"--ablate wants layer:head pairs like 2:3,10:0; cannot read {item!r}") from error
-    return heads
 
 
 def check_config(config) -> None:
@@ -36,7 +25,7 @@ def check_config(config) -> None:
     common.check_epsilon(config)
     common.require_int(config, "max_new_tokens", "batch_size", "top_k")
     common.check_judge(config)
-    parse_heads(config.ablate)
+    parse_heads(config.ablate, "--ablate")
     if config.top_k_from and (config.ablate or config.ablate_from):
         raise JaxheadsError("--top_k_from cannot be combined with --ablate or --ablate_from")
 
@@ -64,7 +53,7 @@ def run(config) -> dict:
         else:
             data = common.config_prompts(config, model)
             queries, prompts, dataset = data.queries, data.prompts, config.dataset
-            heads = parse_heads(config.ablate)
+            heads = parse_heads(config.ablate, "--ablate")
             if config.ablate_from:
                 heads += [tuple(head) for head in io.read_json(config.ablate_from)["heads"]]
         result = asr.evaluate(model, queries, prompts, heads, per_prompt=per_prompt, kind=config.ablation,

@@ -12,9 +12,8 @@ import numpy as np
 
 from jaxheads import io, plots
 from jaxheads.errors import JaxheadsError
-from jaxheads.interventions import check_heads
+from jaxheads.interventions import check_heads, parse_heads
 from jaxheads.jobs import common
-from jaxheads.jobs.evaluate import parse_heads
 
 SETS = ("harmful", "harmless")
 TOP_TOKENS = 10

@@ -7,49 +7,17 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from jaxheads import io, plots
-from jaxheads.errors import JaxheadsError
 from jaxheads.jobs import common
 from jaxheads.jobs.evaluate import generation_settings
 
 LOG = "sahara_asr.partial.jsonl"
 
 
-def head_settings(sahara_heads, num_layers: int, num_heads: int, max_heads: int, draws: int, seed: int):
-    """The settings to evaluate, in order: no ablation, Sahara's first k heads, then `draws` sets of k random
-    heads not chosen by Sahara, for k = 1..max_heads. Each is `(name, k, [(layer, head), ...])`."""
-    sahara_heads = [tuple(int(x) for x in head) for head in sahara_heads]
-    if not 1 <= max_heads <= len(sahara_heads):
-        raise JaxheadsError(f"--max_heads must be in 1..{len(sahara_heads)} (the heads in the sahara.json), "
-                            f"got {max_heads}")
-    others = [(layer, head) for layer in range(num_layers) for head in range(num_heads)
-              if (layer, head) not in sahara_heads]
-    if max_heads > len(others):
-        raise JaxheadsError(f"--max_heads={max_heads} random heads cannot be drawn from the {len(others)} heads "
-                            "Sahara did not choose")
-    rng = np.random.default_rng(seed)
-    settings = [("none", 0, [])]
-    settings += [("sahara", k, sahara_heads[:k]) for k in range(1, max_heads + 1)]
-    for k in range(1, max_heads + 1):
-        for _ in range(draws):
-            chosen = rng.choice(len(others), size=k, replace=False)
-            settings.append(("random", k, [others[i] for i in sorted(chosen)]))
-    return settings
-
-
 def summary(records: list[dict], max_heads: int, key: str = "asr") -> dict:
     """`{"none": x, "sahara": [x for k], "random_mean": [...], "random_std": [...]}` of one measure (`key`: asr,
-    degenerate_share or asr_non_degenerate; None values, where every response was degenerate, are left out of
-    the random means)."""
-    def values(name, k):
-        return [r[key] for r in records if r["name"] == name and r["k"] == k]
-
-    random = [[value for value in values("random", k) if value is not None] for k in range(1, max_heads + 1)]
-    return {"none": values("none", 0)[0], "sahara": [values("sahara", k)[0] for k in range(1, max_heads + 1)],
-            "random_mean": [float(np.mean(draws)) if draws else None for draws in random],
-            "random_std": [float(np.std(draws)) if draws else None for draws in random]}
+    degenerate_share or asr_non_degenerate)."""
+    return common.setting_summary(records, max_heads, key, "sahara")
 
 
 def check_config(config) -> None:
@@ -75,8 +43,8 @@ def run(config) -> dict:
         model = common.load_model(config)
         data = common.config_prompts(config, model)
         max_heads = config.max_heads or len(sahara["heads"])
-        settings = head_settings(sahara["heads"], model.config.num_layers, model.config.num_heads, max_heads,
-                                 config.random_draws, config.seed)
+        settings = common.head_settings([tuple(head) for head in sahara["heads"]], model.config.num_layers,
+                                        model.config.num_heads, max_heads, config.random_draws, config.seed, "sahara")
         folder.check(common.fingerprint("sahara_asr", config, {"model": model},
                                         {"prompts": data, "sahara_heads": sahara["heads"]}), [LOG])
         log = io.JsonlLog(os.path.join(config.out, LOG))

@@ -15,28 +15,15 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from jaxheads import io, plots
 from jaxheads.errors import JaxheadsError
+from jaxheads.interventions import parse_heads
 from jaxheads.jobs import common
 from jaxheads.jobs.evaluate import generation_settings
 
 LOG = "utility.partial.jsonl"
 ANSWERS = "harmless_answers.jsonl"
 MEASURES = ("perplexity", "refusal_rate", "arithmetic_accuracy")
-
-
-def parse_heads(text: str) -> list[tuple[int, int]]:
-    """'18:8,5:6' -> [(18, 8), (5, 6)]."""
-    heads = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        try:
-            layer, head = item.split(":")
-            heads.append((int(layer), int(head)))
-        except ValueError as error:
-            raise JaxheadsError(f"--heads wants layer:head pairs like 18:8,5:6; cannot read {item!r}") from error
-    return heads
 
 
 def chosen_heads(config) -> tuple[list[tuple[int, int]], str]:
@@ -61,42 +48,9 @@ def chosen_heads(config) -> tuple[list[tuple[int, int]], str]:
     return heads, source
 
 
-def head_settings(heads, num_layers: int, num_heads: int, max_heads: int, draws: int, seed: int):
-    """The settings to evaluate, in order: no ablation, the set's first k heads, then `draws` sets of k random
-    heads not in the set, for k = 1..max_heads. Each is `(name, k, [(layer, head), ...])`."""
-    from jaxheads.interventions import check_heads
-
-    heads = check_heads(heads, num_layers, num_heads)
-    if not 1 <= max_heads <= len(heads):
-        raise JaxheadsError(f"--max_heads must be in 1..{len(heads)} (the heads in the set), got {max_heads}")
-    others = [(layer, head) for layer in range(num_layers) for head in range(num_heads) if (layer, head) not in heads]
-    if max_heads > len(others):
-        raise JaxheadsError(f"--max_heads={max_heads} random heads cannot be drawn from the {len(others)} heads "
-                            "not in the set; lower --max_heads")
-    rng = np.random.default_rng(seed)
-    settings = [("none", 0, [])]
-    settings += [("chosen", k, heads[:k]) for k in range(1, max_heads + 1)]
-    for k in range(1, max_heads + 1):
-        for _ in range(draws):
-            picked = rng.choice(len(others), size=k, replace=False)
-            settings.append(("random", k, [others[i] for i in sorted(picked)]))
-    return settings
-
-
 def summary(records: list[dict], max_heads: int) -> dict:
-    """Per measure, `{"none": value, "chosen": [value for k], "random_mean": [...], "random_std": [...]}` (the
-    standard deviation over the draws, ddof = 0)."""
-    def values(measure, name, k):
-        return [r[measure] for r in records if r["name"] == name and r["k"] == k]
-
-    table = {}
-    for measure in MEASURES:
-        random = [values(measure, "random", k) for k in range(1, max_heads + 1)]
-        table[measure] = {"none": values(measure, "none", 0)[0],
-                          "chosen": [values(measure, "chosen", k)[0] for k in range(1, max_heads + 1)],
-                          "random_mean": [float(np.mean(draws)) for draws in random],
-                          "random_std": [float(np.std(draws)) for draws in random]}
-    return table
+    """Per measure, `{"none": value, "chosen": [value for k], "random_mean": [...], "random_std": [...]}`."""
+    return {measure: common.setting_summary(records, max_heads, measure) for measure in MEASURES}
 
 
 def check_config(config) -> None:
@@ -160,7 +114,7 @@ def run(config) -> dict:
                             f"got {config.max_heads}")
     with io.RunFolder(config.out) as folder:
         model = common.load_model(config)
-        settings = head_settings(heads, model.config.num_layers, model.config.num_heads, max_heads,
+        settings = common.head_settings(heads, model.config.num_layers, model.config.num_heads, max_heads,
                                  config.random_draws, config.seed)
         data = common.load_prompt_set(model, config.harmless, config.prompt_format, config.column, config.limit)
         folder.check(common.fingerprint("utility", config, {"model": model}, {"harmless": data, "heads": heads}),

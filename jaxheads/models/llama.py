@@ -18,7 +18,6 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from jaxheads.attention import AttentionKernel, AttentionMask, attention, prompt_mask
-from jaxheads.attention import soft_cap  # noqa: F401 (re-exported: it used to live here)
 from jaxheads.interventions import Interventions
 from jaxheads.models.config import ModelConfig
 from jaxheads.sharding import MODEL
