@@ -45,6 +45,7 @@ def test_nothing_points_outside_the_repository():
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     if not tracked:
         pytest.skip("not a git checkout")
+    outside = b"../" + b"shared"  # spelled in two parts, so that this file does not point there itself
     pointing = [name for name in tracked if not name.startswith(".ci/") and (REPO / name).is_file()
-                and b"../shared" in (REPO / name).read_bytes()]
+                and outside in (REPO / name).read_bytes()]
     assert pointing == []
