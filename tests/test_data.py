@@ -3,6 +3,7 @@
 import collections
 import json
 import re
+import sys
 
 import pytest
 
@@ -196,15 +197,30 @@ def test_file_errors_name_the_problem(tmp_path):
         loaders.load_prompts(str(blank), split="train")
 
 
+class FakeDatasets:
+    """Stands in for the `datasets` package (an optional extra), so the hub path is tested without it."""
+
+    def __init__(self, load_dataset):
+        self.load_dataset = load_dataset
+
+
+class FakeDataset:
+    def __init__(self, columns: dict):
+        self.columns = columns
+        self.column_names = list(columns)
+
+    def __getitem__(self, name):
+        return self.columns[name]
+
+
 def test_hub_dataset_is_loaded_through_datasets(monkeypatch):
-    datasets = pytest.importorskip("datasets")
     calls = []
 
     def fake_load_dataset(name, split):
         calls.append((name, split))
-        return datasets.Dataset.from_dict({"prompt": ["hub one", "hub two"], "category": ["a", "b"]})
+        return FakeDataset({"prompt": ["hub one", "hub two"], "category": ["a", "b"]})
 
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setitem(sys.modules, "datasets", FakeDatasets(fake_load_dataset))
     assert loaders.load_prompts("someone/bench") == ["hub one", "hub two"]
     assert loaders.load_prompts("someone/bench", split="test", limit=1) == ["hub one"]
     assert calls == [("someone/bench", "train"), ("someone/bench", "test")]
@@ -213,14 +229,32 @@ def test_hub_dataset_is_loaded_through_datasets(monkeypatch):
 
 
 def test_unreachable_hub_dataset_is_a_data_error(monkeypatch):
-    datasets = pytest.importorskip("datasets")
-
     def offline(name, split):
         raise ConnectionError("no network")
 
-    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setitem(sys.modules, "datasets", FakeDatasets(offline))
     with pytest.raises(DataError, match="could not load 'someone/bench' .* no network"):
         loaders.load_prompts("someone/bench")
+
+
+def test_a_hub_id_without_the_datasets_package_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
+    with pytest.raises(DataError, match=r"needs the datasets package: pip install 'jaxheads\[hub\]'"):
+        loaders.load_prompts("someone/bench")
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("goal\nCaf\u00e9 ouvert?\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.csv is not UTF-8 text \(byte 8"):
+        loaders.load_prompts(str(latin))
+
+
+def test_prompt_rows_keep_their_position_in_the_source(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("first\n\n  \nfourth\nfifth\n")
+    assert loaders.load_prompt_rows(str(path)) == [(0, "first"), (3, "fourth"), (4, "fifth")]
+    assert loaders.load_prompt_rows(str(path), limit=2) == [(0, "first"), (3, "fourth")]
 
 
 class ChatTokenizer:

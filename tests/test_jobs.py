@@ -156,6 +156,17 @@ def test_sahara_resumes_extends_and_truncates_its_steps(tiny_model_with_tokenize
         sahara.run(config_of(sahara_config, **settings, rank=7))
 
 
+def test_sahara_refuses_the_steps_of_a_retrained_model_at_the_same_path(tiny_model_with_tokenizer, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_with_tokenizer, model_dir)
+    settings = dict(model=str(model_dir), limit=3, batch_size=3, out=str(tmp_path / "out"))
+    sahara.run(config_of(sahara_config, **settings, steps=1))
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # rewritten in place, as a retraining run would
+    with pytest.raises(JaxheadsError, match=r"models\.model\.weights"):
+        sahara.run(config_of(sahara_config, **settings, steps=2))
+
+
 def test_evaluate_with_sahara_heads_and_per_prompt_top_heads(tiny_model_with_tokenizer, tmp_path):
     model = str(tiny_model_with_tokenizer)
     (tmp_path / "sahara.json").write_text(json.dumps({"heads": [[2, 3], [0, 1]]}))

@@ -103,6 +103,16 @@ def test_align_then_finetune_end_to_end_and_reruns_that_would_mix_runs(tiny_chat
         finetune.run(config_of(finetune_config, **settings, surgery_pool=str(harmful), out=str(tmp_path / "pool")))
 
 
+def test_a_second_training_run_into_the_same_folder_stops_at_once(tmp_path):
+    from jaxheads import io
+
+    with io.RunFolder(tmp_path / "out"):
+        with pytest.raises(JaxheadsError, match="another jaxheads run .* is writing to"):
+            align.run(config_of(align_config, out=str(tmp_path / "out")))
+        with pytest.raises(JaxheadsError, match="another jaxheads run .* is writing to"):
+            finetune.run(config_of(finetune_config, out=str(tmp_path / "out")))
+
+
 def test_bad_training_settings_stop_before_any_work(tiny_chat_model, tmp_path):
     with pytest.raises(JaxheadsError, match="surgery_lambda must be >= 0"):
         finetune.run(config_of(finetune_config, model=str(tiny_chat_model), surgery_lambda=-1.0,
