@@ -1,5 +1,5 @@
 """Defaults of `jaxheads align`: safety alignment of a model by supervised fine-tuning (the measured recipe of
-aligned run 5 in docs/results.md)."""
+aligned run 6 in docs/results.md: run 5's, with the lookalike harmless prompts among the harmless ones)."""
 
 import ml_collections
 
@@ -34,12 +34,12 @@ def get_config():
     config.dtype = "float32"
     config.prompt_formats = "template"
     config.harmful = "builtin:harmful:train"
-    config.harmless = "builtin:harmless:train"
+    config.harmless = "builtin:harmless:train,builtin:lookalike:train"
     config.train_limit = 0
     config.harmless_repeats = 2
     config.answer_tokens = 96
     config.eval_harmful = "builtin:harmful:heldout"
-    config.eval_harmless = "builtin:harmless:heldout"
+    config.eval_harmless = "builtin:harmless:heldout,builtin:lookalike:heldout"
     config.advbench = ""
     config.advbench_limit = 100
     config.eval_limit = 0
@@ -48,7 +48,7 @@ def get_config():
     config.eval_batch_size = 64  # 1.5x the generation throughput of 16 on a 2-core CPU (docs/results.md)
     config.evaluate_before = True
     train_defaults.add_train_defaults(config)
-    config.epochs = 2.0  # aligned run 5: 118 steps of 8 on the built-in train splits
+    config.epochs = 2.0  # aligned run 6: 179 steps of 8 on the built-in train splits
     config.learning_rate = 1e-4
     config.warmup_steps = 3
     config.max_length = 64  # answers are cut to fit: the base model's harmless answers lose their tails
