@@ -93,6 +93,7 @@ def test_align_then_finetune_end_to_end_and_reruns_that_would_mix_runs(tiny_chat
     result = finetune.run(config_of(finetune_config, **settings, out=str(finetune_out)))
     assert result["num_harmful"] == 2 and 0 <= result["hs"] <= 1 and 0 <= result["fa"] <= 1
     assert [step for step, _ in result["positive_heads"]] == [0, 1, 2]
+    assert (finetune_out / "model" / "model.safetensors").exists() and result["tuned_model"].endswith("model")
     # Surgery's pool is the odd positions of the harmful prompts: the harmful side (positions 1, 5) keeps the ones the
     # base model answers, the safe side (position 3) gets a refusal; neither shares a prompt with the attack's.
     assert result["surgery_samples"]["paired"] is False and result["surgery_samples"]["safe"] == 1
