@@ -115,14 +115,15 @@ def plot_curves(records: Sequence[dict], keys: Sequence[str], path: str | os.Pat
     save_figure_atomic(fig, path)
 
 
-def plot_ablation_asr(table: dict, path: str | os.PathLike, title: str = "") -> None:
-    """Saves grouped bars of ASR against the number of ablated heads k: Sahara's first k heads next to k random
-    heads (mean, with the draws' standard deviation), and a line at the unablated ASR. `table` is the summary of
+def plot_ablation_asr(table: dict, path: str | os.PathLike, title: str = "",
+                      chosen_label: str = "Sahara heads") -> None:
+    """Saves grouped bars of ASR against the number of ablated heads k: the chosen k heads (`chosen_label`) next
+    to k random heads (mean, with the draws' standard deviation), and a line at the unablated ASR. `table` is the summary of
     `launch.sahara_asr`: `{"none": float, "sahara": [..], "random_mean": [..], "random_std": [..]}`."""
     sizes = np.arange(1, len(table["sahara"]) + 1)
     fig = Figure(figsize=(1.6 + 1.1 * len(sizes), 3.4), layout="constrained")
     ax = fig.subplots()
-    ax.bar(sizes - 0.18, table["sahara"], width=0.34, color="#b2182b", label="Sahara heads")
+    ax.bar(sizes - 0.18, table["sahara"], width=0.34, color="#b2182b", label=chosen_label)
     ax.bar(sizes + 0.18, table["random_mean"], width=0.34, yerr=table["random_std"], capsize=3, color="#7f7f7f",
            label="random heads (mean ± sd)")
     ax.axhline(table["none"], color="black", linestyle="--", linewidth=1, label="no ablation")

@@ -118,7 +118,7 @@ def test_a_log_without_a_fingerprint_is_not_resumed(tiny_model_with_tokenizer, t
     (evaluate_config, dict(ablate="three"), "layer:head pairs"),
     (evaluate_config, dict(top_k_from="ships.json", ablate="1:1"), "cannot be combined"),
     (sahara_asr_config, dict(random_draws=0), "--random_draws must be an integer >= 1"),
-    (sahara_asr_config, dict(sahara=""), "--sahara must be the path of a sahara.json"),
+    (sahara_asr_config, dict(sahara=""), "give the heads either as --sahara=sahara.json or as --top_k_from"),
 ])
 def test_bad_settings_stop_before_any_work(tmp_path, module, values, message):
     job = {ships_config: ships, sahara_config: sahara, evaluate_config: evaluate, sahara_asr_config: sahara_asr}
@@ -235,7 +235,7 @@ def test_sahara_asr_compares_with_random_heads_and_resumes(tiny_model_with_token
     sahara_asr.run(config)  # every setting is done
     assert len((tmp_path / "compare" / "sahara_asr.partial.jsonl").read_text().splitlines()) == 7
     (tmp_path / "sahara.json").write_text(json.dumps({"heads": [[1, 1], [0, 1]]}))  # another search's heads
-    with pytest.raises(JaxheadsError, match=r"data\.sahara_heads\.sha256"):
+    with pytest.raises(JaxheadsError, match=r"data\.heads\.sha256"):
         sahara_asr.run(config)
     config.max_heads = 3
     with pytest.raises(JaxheadsError, match=r"--max_heads must be in 1\.\.2"):
@@ -292,3 +292,25 @@ def test_patterns_shows_the_last_positions_attention_of_chosen_heads(tiny_model_
     assert top["heads"] == [[1, 2], [0, 0]]
     with pytest.raises(JaxheadsError, match="either as --heads"):
         patterns.run(config_of(patterns_config, model=model_dir, out=str(tmp_path / "neither")))
+
+
+def test_sahara_asr_per_prompt_top_heads_against_per_prompt_random_heads(tiny_model_with_tokenizer, tmp_path):
+    model = str(tiny_model_with_tokenizer)
+    found = ships.run(config_of(ships_config, model=model, limit=3, out=str(tmp_path / "ships")))
+    result = sahara_asr.run(config_of(sahara_asr_config, model=model, top_k_from=str(tmp_path / "ships" / "ships.json"),
+                                      max_heads=2, random_draws=2, max_new_tokens=4, out=str(tmp_path / "top")))
+    assert [(s["name"], s["k"]) for s in result["evaluations"]] == [
+        ("none", 0), ("sahara", 1), ("sahara", 2), ("random", 1), ("random", 1), ("random", 2), ("random", 2)]
+    assert result["chosen"] == "each prompt's own top k" and result["num_prompts"] == 3
+    for p, scores in enumerate(found["scores"]):
+        top = [list(map(int, np.unravel_index(i, (3, 4)))) for i in np.argsort(-np.array(scores), axis=None)[:2]]
+        assert result["evaluations"][2]["heads"][p] == top
+        for setting in result["evaluations"][3:]:
+            assert len(setting["heads"][p]) == setting["k"] and not {tuple(h) for h in setting["heads"][p]} & {
+                tuple(h) for h in top}
+    single = evaluate.run(config_of(evaluate_config, model=model, top_k_from=str(tmp_path / "ships" / "ships.json"),
+                                    top_k=1, max_new_tokens=4, out=str(tmp_path / "eval")))
+    assert single["asr"] == result["sahara"][0]
+    with pytest.raises(JaxheadsError, match="either as --sahara"):
+        sahara_asr.run(config_of(sahara_asr_config, model=model, sahara="x.json", top_k_from="y.json",
+                                 out=str(tmp_path / "both")))

@@ -1,13 +1,17 @@
 """`jaxheads sahara_asr`: ASR with Sahara's first k heads ablated (k = 1..K) next to k random heads (the mean of
 several draws), the control that shows whether the heads Sahara found matter more than any heads; writes
-sahara_asr.json and sahara_asr.png. Each finished setting is appended to sahara_asr.partial.jsonl, so an
-interrupted run resumes with the next one."""
+sahara_asr.json and sahara_asr.png. With `top_k_from` (a ships.json) the same comparison runs per prompt: each
+prompt's own top-k query-level heads next to k random heads drawn for each prompt (outside its own top K). Each
+finished setting is appended to sahara_asr.partial.jsonl, so an interrupted run resumes with the next one."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from jaxheads import io, plots
+from jaxheads.errors import JaxheadsError
 from jaxheads.jobs import common
 from jaxheads.jobs.evaluate import generation_settings
 
@@ -30,7 +34,27 @@ def check_config(config) -> None:
     common.require_int(config, "max_new_tokens", "batch_size", "random_draws")
     common.check_judge(config)
     common.require_int(config, "max_heads", "seed", minimum=0)
-    common.require(config, "sahara", bool, "the path of a sahara.json")
+    if bool(config.sahara) == bool(config.top_k_from):
+        raise JaxheadsError("give the heads either as --sahara=sahara.json or as --top_k_from=ships.json")
+
+
+def per_prompt_settings(rankings: list[list[tuple[int, int]]], num_layers: int, num_heads: int, max_heads: int,
+                        draws: int, seed: int) -> list[tuple[str, int, list[list[tuple[int, int]]]]]:
+    """As `common.head_settings` with one head list per prompt: no ablation, each prompt's own first k heads, then
+    `draws` sets in which every prompt gets k random heads outside its own first `max_heads`."""
+    every = [(layer, head) for layer in range(num_layers) for head in range(num_heads)]
+    if not 1 <= max_heads <= min(len(row) for row in rankings) or max_heads > len(every) - max_heads:
+        raise JaxheadsError(f"--max_heads must be in 1..{min(min(len(row) for row in rankings), len(every) // 2)} "
+                            f"for per-prompt heads, got {max_heads}")
+    rng = np.random.default_rng(seed)
+    settings = [("none", 0, [[] for _ in rankings])]
+    settings += [("sahara", k, [row[:k] for row in rankings]) for k in range(1, max_heads + 1)]
+    others = [[head for head in every if head not in row[:max_heads]] for row in rankings]
+    for k in range(1, max_heads + 1):
+        for _ in range(draws):
+            settings.append(("random", k, [[pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False))]
+                                           for pool in others]))
+    return settings
 
 
 def run(config) -> dict:
@@ -38,33 +62,49 @@ def run(config) -> dict:
     from jaxheads.eval import asr
 
     check_config(config)
-    sahara = io.read_json(config.sahara)
+    per_prompt = bool(config.top_k_from)
+    source = io.read_json(config.top_k_from or config.sahara)
     with io.RunFolder(config.out) as folder:
         model = common.load_model(config)
-        data = common.config_prompts(config, model)
-        max_heads = config.max_heads or len(sahara["heads"])
-        settings = common.head_settings([tuple(head) for head in sahara["heads"]], model.config.num_layers,
-                                        model.config.num_heads, max_heads, config.random_draws, config.seed, "sahara")
+        cfg = model.config
+        if per_prompt:
+            count = config.limit or len(source["queries"])
+            queries, prompts = source["queries"][:count], source["prompts"][:count]
+            rankings = asr.top_heads_per_prompt(np.array(source["scores"])[:count], cfg.num_layers * cfg.num_heads)
+            max_heads = config.max_heads or 1
+            settings = per_prompt_settings(rankings, cfg.num_layers, cfg.num_heads, max_heads, config.random_draws,
+                                           config.seed)
+            dataset, heads_data = f"the prompts of {config.top_k_from}", rankings
+        else:
+            data = common.config_prompts(config, model)
+            queries, prompts, dataset, heads_data = data.queries, data.prompts, config.dataset, source["heads"]
+            max_heads = config.max_heads or len(source["heads"])
+            settings = common.head_settings([tuple(head) for head in source["heads"]], cfg.num_layers, cfg.num_heads,
+                                            max_heads, config.random_draws, config.seed, "sahara")
         folder.check(common.fingerprint("sahara_asr", config, {"model": model},
-                                        {"prompts": data, "sahara_heads": sahara["heads"]}), [LOG])
+                                        {"prompts": prompts, "heads": heads_data}), [LOG])
         log = io.JsonlLog(os.path.join(config.out, LOG))
         done = {record["index"]: record for record in log.read()}
         mesh = common.device_mesh(config)
         for index, (name, k, heads) in enumerate(settings):
             if index in done:
                 continue
-            result = asr.evaluate(model, data.queries, data.prompts, heads, kind=config.ablation,
+            result = asr.evaluate(model, queries, prompts, heads, per_prompt=per_prompt, kind=config.ablation,
                                   epsilon=config.epsilon, judge=config.judge, max_new_tokens=config.max_new_tokens,
                                   batch_size=config.batch_size, mesh=mesh)
-            done[index] = {"index": index, "name": name, "k": k, "heads": [list(h) for h in heads],
+            listed = [[list(h) for h in row] for row in heads] if per_prompt else [list(h) for h in heads]
+            done[index] = {"index": index, "name": name, "k": k, "heads": listed,
                            **{key: value for key, value in result.summary().items() if key not in ("n", "judge")}}
             log.append(done[index])
-            print(f"[{index + 1}/{len(settings)}] {name} k={k} {heads}: ASR {result.asr:.3f}, degenerate "
+            shown = f"{k} per prompt" if per_prompt else heads
+            print(f"[{index + 1}/{len(settings)}] {name} k={k} {shown}: ASR {result.asr:.3f}, degenerate "
                   f"{result.degenerate_share:.3f}", flush=True)
         records = [done[i] for i in range(len(settings))]
         table = summary(records, max_heads)
-        output = {**common.shape_fields(model, len(data)), "dataset": config.dataset,
-                  "sahara": os.path.abspath(config.sahara), "ablation": config.ablation, "epsilon": config.epsilon,
+        output = {**common.shape_fields(model, len(prompts)), "dataset": dataset,
+                  "heads_from": os.path.abspath(config.top_k_from or config.sahara),
+                  "chosen": "each prompt's own top k" if per_prompt else "Sahara's first k",
+                  "ablation": config.ablation, "epsilon": config.epsilon,
                   "judge": asr.judge_description(asr.make_judge(config.judge)),
                   "generation": generation_settings(config),
                   "axes": {name: ["k"] for name in ("sahara", "random_mean", "random_std")}, **table,
@@ -73,10 +113,11 @@ def run(config) -> dict:
                   "evaluations": records, "settings": config.to_dict()}
         common.write_result(config.out, "sahara_asr.json", output)
         plots.plot_ablation_asr(table, os.path.join(config.out, "sahara_asr.png"),
-                                title=f"ASR of {model.name} on {len(data)} prompts of {config.dataset}")
+                                title=f"ASR of {model.name} on {len(prompts)} prompts of {dataset}",
+                                chosen_label="each prompt's top heads" if per_prompt else "Sahara heads")
     broken = output["degenerate_share"]
     for k in range(1, max_heads + 1):
-        print(f"k={k}: Sahara ASR {table['sahara'][k - 1]:.3f} (degenerate {broken['sahara'][k - 1]:.3f}), random ASR "
+        print(f"k={k}: {output['chosen']} ASR {table['sahara'][k - 1]:.3f} (degenerate {broken['sahara'][k - 1]:.3f}), random ASR "
               f"{table['random_mean'][k - 1]:.3f} ± {table['random_std'][k - 1]:.3f} (degenerate "
               f"{broken['random_mean'][k - 1]:.3f}); no ablation {table['none']:.3f}")
     print(f"wrote {config.out}/sahara_asr.json and sahara_asr.png")
