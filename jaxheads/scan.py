@@ -171,6 +171,30 @@ def auto_chunk_size(config, rows: int, tokens: int, itemsize: int, device,
     return int(np.clip(fitting, 1, MAX_AUTO_CHUNK))
 
 
+def check_memory(config, rows: int, tokens: int, itemsize: int, chunk_size: int, device,
+                 kernel: AttentionKernel = AttentionKernel(), representation_bytes: int = 0) -> None:
+    """Stops a scan whose estimate exceeds `device`'s free memory before it starts, saying by how much and which
+    chunk size would fit: the saved layer inputs (`L × rows × T × D`), `chunk_size` ablations' activations
+    (`ablation_bytes` each) and `representation_bytes` (dataset-level scores). Nothing is checked on devices that
+    report no memory statistics (CPU)."""
+    free = free_device_bytes(device)
+    if free is None:
+        return
+    per_ablation = ablation_bytes(config, rows, tokens, itemsize, kernel)
+    fixed = config.num_layers * rows * tokens * config.hidden_size * itemsize + representation_bytes
+    need = fixed + chunk_size * per_ablation
+    if need <= free:
+        return
+    fits = (free - fixed) // per_ablation if free > fixed else 0
+    advice = (f"--chunk_size={int(min(fits, MAX_AUTO_CHUNK))} fits" if fits else
+              "not even one ablation fits: use fewer prompts per batch (--batch_size), more devices on the mesh's "
+              "data or model axis, or shorter prompts")
+    gib = 2 ** 30
+    raise DataError(f"this scan needs about {need / gib:.2f} GiB on {device} ({rows} prompt rows of {tokens} tokens, "
+                    f"chunks of {chunk_size} ablations) but {free / gib:.2f} GiB are free, "
+                    f"{(need - free) / gib:.2f} GiB short; {advice} (jaxheads plan estimates it from the config)")
+
+
 def make_chunks(ablations: Interventions, chunk_size: int = FALLBACK_CHUNK) -> list[Chunk]:
     """Groups a batch of ablations `[M, L, N]` by first ablated layer into chunks of `chunk_size`."""
     starts = first_ablated_layer(ablations)
@@ -211,14 +235,19 @@ def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Inte
     back."""
     mesh = make_mesh() if mesh is None else mesh
     graphdef, state = split_on_mesh(model.module, mesh)
+    rows = max(batch.ids.shape[0] for batch in batches) // mesh.shape[DATA]
+    tokens = max(batch.ids.shape[1] for batch in batches)
+    itemsize, device, kernel = model.module.embed[...].dtype.itemsize, mesh.local_devices[0], model.module.attention_kernel
     if chunk_size == AUTO_CHUNK:
-        rows = max(batch.ids.shape[0] for batch in batches) // mesh.shape[DATA]
-        tokens = max(batch.ids.shape[1] for batch in batches)
-        chunk_size = auto_chunk_size(model.config, rows, tokens, model.module.embed[...].dtype.itemsize,
-                                     mesh.local_devices[0], model.module.attention_kernel)
+        chunk_size = auto_chunk_size(model.config, rows, tokens, itemsize, device, kernel)
+    num_prompts = sum(int((b.indices >= 0).sum()) for b in batches)
+    representation_bytes = 0
+    if keep_gram:
+        split = mesh.shape[MODEL] if model.config.hidden_size % mesh.shape[MODEL] == 0 else 1
+        representation_bytes = (ablations.q_scale.shape[0] + 1) * num_prompts * model.config.hidden_size * 4 // split
+    check_memory(model.config, rows, tokens, itemsize, chunk_size, device, kernel, representation_bytes)
     chunks = [dataclasses.replace(chunk, heads=replicate(chunk.heads, mesh))
               for chunk in make_chunks(ablations, chunk_size)]
-    num_prompts = sum(int((b.indices >= 0).sum()) for b in batches)
     num_ablations = ablations.q_scale.shape[0]
     kl = np.zeros((num_ablations, num_prompts), np.float32)
     if keep_gram:

@@ -17,6 +17,7 @@ from jaxheads.scan import (
     MAX_AUTO_CHUNK,
     ablation_bytes,
     auto_chunk_size,
+    check_memory,
 )
 from jaxheads.sharding import fsdp_specs, parse_mesh
 
@@ -162,3 +163,18 @@ def test_chunk_size_follows_free_device_memory():
     assert auto_chunk_size(cfg, 16, 32, 2, FakeDevice({"bytes_limit": 10**15, "bytes_in_use": 0})) == MAX_AUTO_CHUNK
     assert auto_chunk_size(cfg, 16, 32, 2, FakeDevice({"bytes_limit": 100, "bytes_in_use": 99})) == 1
     assert auto_chunk_size(cfg, 16, 32, 2, FakeDevice(None)) == FALLBACK_CHUNK  # CPU: no statistics
+
+
+def test_a_scan_that_does_not_fit_says_by_how_much_and_what_would():
+    cfg = ModelConfig(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                      num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128, max_position_embeddings=4096)
+    per_ablation = ablation_bytes(cfg, rows=16, tokens=32, itemsize=2)
+    inputs = 32 * 16 * 32 * 4096 * 2
+    device = FakeDevice({"bytes_limit": 80 * 2**30, "bytes_in_use": 80 * 2**30 - (inputs + 10 * per_ablation)})
+    check_memory(cfg, 16, 32, 2, 10, device)  # exactly fits
+    with pytest.raises(JaxheadsError, match=r"GiB short; --chunk_size=10 fits"):
+        check_memory(cfg, 16, 32, 2, 11, device)
+    tight = FakeDevice({"bytes_limit": 80 * 2**30, "bytes_in_use": 80 * 2**30 - inputs})
+    with pytest.raises(JaxheadsError, match="not even one ablation fits"):
+        check_memory(cfg, 16, 32, 2, 1, tight)
+    check_memory(cfg, 16, 32, 2, 10**6, FakeDevice(None))  # CPU: no statistics, nothing to check
