@@ -10,6 +10,9 @@ HELP = common.help_lines(
     ablate_from="A sahara.json whose chosen heads are ablated (added to --ablate).",
     top_k_from="A ships.json: ablate each of its prompts' own top_k heads (its prompts replace --dataset).",
     top_k="With --top_k_from: heads ablated per prompt.",
+    guard="Guard the model's input: builtin (the guard shipped for the default model) or a `jaxheads guard train` "
+          "folder; Unsafe prompts get a refusal without running the model, Conditionally Safe ones a safety "
+          "preamble, Focused Attention ones are flagged; empty = no guard.",
     out="Output folder.",
 )
 
@@ -20,5 +23,6 @@ def get_config():
     config.ablate_from = ""
     config.top_k_from = ""
     config.top_k = 1
+    config.guard = ""
     config.out = "runs/evaluate"
     return config

@@ -317,3 +317,30 @@ def plot_last_position_attention(heads: Sequence[tuple[int, int]], examples: dic
         fig.suptitle(title, fontsize=10)
     save_figure_atomic(fig, path)
 
+
+
+def plot_confusion(matrix, labels: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
+    """Saves a confusion matrix (rows the true label, columns the predicted one): each cell shows its count, and
+    its colour is the count's share of its row (the row's recall on the diagonal)."""
+    counts = np.asarray(matrix, float)
+    if counts.ndim != 2 or counts.shape != (len(labels), len(labels)):
+        raise DataError(f"a confusion matrix of {len(labels)} labels must be {len(labels)} x {len(labels)}, "
+                        f"got shape {counts.shape}")
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    names = [label.replace("_", "\n") for label in labels]
+    fig = Figure(figsize=(1.6 + 1.2 * len(labels), 1.2 + 1.1 * len(labels)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for row in range(len(labels)):
+        for col in range(len(labels)):
+            ax.text(col, row, f"{int(counts[row, col])}", ha="center", va="center", fontsize=10,
+                    color="white" if shares[row, col] > 0.6 else "black")
+    ax.set_xticks(range(len(labels)), names, fontsize=8)
+    ax.set_yticks(range(len(labels)), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, label="share of the row", shrink=0.8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    save_figure_atomic(fig, path)

@@ -18,12 +18,16 @@ COMMANDS = {
     "plan": "memory of a scan per device, from the model's config alone",
     "patterns": "where chosen heads look from the last prompt position, on harmful and harmless prompts",
     "utility": "perplexity, harmless refusals and arithmetic accuracy with heads ablated vs random heads",
+    "guard_train": "train the four-tier input guard (LoRA classifier); also `jaxheads guard train`",
+    "guard_eval": "the guard's per-tier recall, precision, risk recall on a labelled set; `jaxheads guard eval`",
+    "guard_classify": "the guard's tier and probabilities for each prompt; `jaxheads guard classify`",
 }
+GUARD_SUBCOMMANDS = ("train", "eval", "classify")  # `jaxheads guard SUB` runs `guard_SUB`
 
 
 def usage() -> str:
     lines = ["usage: jaxheads COMMAND [--FLAG=VALUE ...]", "", "commands:"]
-    lines += [f"  {name:<12} {line}" for name, line in COMMANDS.items()]
+    lines += [f"  {name:<14} {line}" for name, line in COMMANDS.items()]
     lines += ["", "`jaxheads COMMAND --help` lists a command's flags and their defaults."]
     return "\n".join(lines) + "\n"
 
@@ -33,8 +37,14 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         sys.stdout.write(usage())
         sys.exit(0)
-    command = argv[1]
+    command, rest = argv[1], argv[2:]
+    if command == "guard":
+        if not rest or rest[0] not in GUARD_SUBCOMMANDS:
+            sys.stderr.write(f"jaxheads guard: give one of {', '.join(GUARD_SUBCOMMANDS)}, e.g. jaxheads guard train "
+                             "--help\n")
+            sys.exit(2)
+        command, rest = f"guard_{rest[0]}", rest[1:]
     if command not in COMMANDS:
         sys.stderr.write(f"jaxheads: unknown command {command!r}\n\n{usage()}")
         sys.exit(2)
-    importlib.import_module(f"jaxheads.launch.{command}").main([f"jaxheads {command}", *argv[2:]])
+    importlib.import_module(f"jaxheads.launch.{command}").main([f"jaxheads {command}", *rest])

@@ -15,11 +15,16 @@ Built-in sets written for this project (`builtin:NAME`, optionally `:train` / `:
 
 In `harmful`, `harmless` and `lookalike`, every third request of a category in file order (positions 2, 5, 8, ...)
 is `heldout` and the rest are `train`.
+
+Labelled sets (`load_labelled`): `builtin:guard` (optionally `:train` / `:heldout`), 672 prompts with one of the
+four guard tiers each (docs/guard.md); a .csv/.json/.jsonl file with a `tier` column; or any prompt set whose
+prompts all get one tier given with it (`tier=`).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.resources
 import json
 import os
@@ -28,6 +33,9 @@ import re
 from jaxheads.errors import DataError
 
 BUILTIN_SETS = ("harmful", "harmless", "lookalike", "harmless_check")
+LABELLED_SETS = ("guard",)  # built-in sets whose records carry a label (`tier`) too
+GUARD_TIERS = ("safe", "conditionally_safe", "focused_attention", "unsafe")
+LABEL_COLUMN = "tier"
 SPLITS = ("train", "heldout")
 FILE_FORMATS = (".csv", ".json", ".jsonl", ".txt")
 # Tried in this order when no column is given; matched exactly first, then ignoring case.
@@ -36,9 +44,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w-]*$|^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def load_builtin_records(name: str) -> list[dict]:
-    """The records (`prompt`, `category`, `split`) of the built-in set `name`, one of BUILTIN_SETS."""
-    if name not in BUILTIN_SETS:
-        raise DataError(f"unknown built-in prompt set {name!r}; choose one of {', '.join(BUILTIN_SETS)}")
+    """The records (`prompt`, `category`, `split`; and `tier` in LABELLED_SETS) of the built-in set `name`, one of
+    BUILTIN_SETS or LABELLED_SETS."""
+    if name not in BUILTIN_SETS + LABELLED_SETS:
+        raise DataError(f"unknown built-in prompt set {name!r}; choose one of "
+                        f"{', '.join(BUILTIN_SETS + LABELLED_SETS)}")
     text = importlib.resources.files("jaxheads.data").joinpath(f"{name}.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -217,3 +227,94 @@ def _hub_prompts(source: str, column: str | None, split: str | None) -> list[str
     label = f"hub dataset {source!r}"
     column = _resolve_column(list(dataset.column_names), column, label)
     return _check_strings(list(dataset[column]), column, label)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledPrompt:
+    """A prompt with its label (None when the source gives none), its 0-based position in the source (as in
+    `load_prompt_rows`) and its group: the category of a built-in record, else the source."""
+
+    row: int
+    prompt: str
+    label: str | None
+    group: str
+
+
+def load_labelled(source: str, tier: str | None = None, column: str | None = None, limit: int | None = None,
+                  labels: tuple[str, ...] = GUARD_TIERS, required: bool = True,
+                  categories: tuple[str, ...] | None = None) -> list[LabelledPrompt]:
+    """The prompts of `source` with their labels, one of `labels` (the guard tiers by default).
+
+    `builtin:guard[:train|:heldout]` carries a tier per record; a .csv/.json/.jsonl file may carry one per row in
+    a `tier` column; with `tier` every prompt of `source` (any source `load_prompts` reads, hub ids included) gets
+    that label. Labels are matched ignoring case, with spaces and hyphens read as underscores ("Conditionally
+    Safe" is conditionally_safe); any other value is an error naming it and its row. Without labels the prompts
+    come back with label None, or (`required`) it is an error. `categories` keeps only those categories of a
+    built-in set (a name it does not have is an error).
+    """
+    if categories:
+        return _of_categories(source, categories, tier, labels, required, limit)
+    if tier is not None and tier != "":
+        label = normalise_label(tier, labels, "the tier given for the whole set")
+        if source.startswith("builtin:") and source.removeprefix("builtin:").partition(":")[0] in LABELLED_SETS:
+            raise DataError(f"{source} carries a tier per prompt; drop the tier given for the whole set ({tier!r})")
+        return [LabelledPrompt(row, prompt, label, source)
+                for row, prompt in load_prompt_rows(source, column=column, limit=limit)]
+    name, _, split = source.removeprefix("builtin:").partition(":")
+    rows = load_prompt_rows(source, column=column, limit=limit)
+    if source.startswith("builtin:") and name in LABELLED_SETS:
+        records = [record for record in load_builtin_records(name) if not split or record["split"] == split]
+        return [LabelledPrompt(row, prompt, normalise_label(records[row][LABEL_COLUMN], labels,
+                                                            f"record {row} of {source}"), records[row]["category"])
+                for row, prompt in rows]
+    values = _file_labels(source) if _is_local(source) and not source.startswith("builtin:") else None
+    if values is None:
+        if required:
+            raise DataError(f"{source} gives its prompts no tiers (it has no {LABEL_COLUMN!r} column); give the tier "
+                            f"of the whole set (--tier, one of {', '.join(labels)}) or add a {LABEL_COLUMN!r} column")
+        return [LabelledPrompt(row, prompt, None, source) for row, prompt in rows]
+    return [LabelledPrompt(row, prompt, normalise_label(values[row], labels, f"row {row} of {source}"), source)
+            for row, prompt in rows]
+
+
+def normalise_label(value, labels: tuple[str, ...], where: str) -> str:
+    """`value` as one of `labels` (case ignored, spaces and hyphens as underscores), else an error naming it."""
+    key = re.sub(r"[\s-]+", "_", value.strip()).casefold() if isinstance(value, str) else None
+    if key not in labels:
+        raise DataError(f"{where} has the tier {value!r}, which is not one of {', '.join(labels)}")
+    return key
+
+
+def _file_labels(path: str) -> list | None:
+    """The `tier` values of a local .csv/.json/.jsonl file's entries (indexed as `load_prompt_rows` counts them;
+    None for an entry without one), or None when no entry has that field (or the file holds plain strings)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".csv", ".json", ".jsonl"):
+        return None
+    with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
+        if suffix == ".csv":
+            entries = list(csv.DictReader(handle))
+        elif suffix == ".json":
+            entries = json.load(handle)
+        else:
+            entries = [json.loads(line) for line in handle if line.strip()]
+    if not any(isinstance(entry, dict) and LABEL_COLUMN in entry for entry in entries):
+        return None
+    return [entry.get(LABEL_COLUMN) if isinstance(entry, dict) else None for entry in entries]
+
+
+def _of_categories(source: str, categories, tier, labels, required, limit) -> list[LabelledPrompt]:
+    """The labelled prompts of the built-in `source` in `categories`, at most `limit` of them."""
+    name, _, split = source.removeprefix("builtin:").partition(":")
+    if not source.startswith("builtin:"):
+        raise DataError(f"categories can only be chosen in a built-in set, not in {source}")
+    rows = load_labelled(source, tier=tier, labels=labels, required=required)
+    records = [record for record in load_builtin_records(name) if not split or record["split"] == split]
+    known = sorted({record["category"] for record in records})
+    unknown = [category for category in categories if category not in known]
+    if unknown:
+        raise DataError(f"{source} has no categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; its "
+                        f"categories are {', '.join(known)}")
+    kept = [dataclasses.replace(row, group=records[row.row]["category"]) for row in rows
+            if records[row.row]["category"] in categories]
+    return kept[:limit] if limit is not None else kept

@@ -29,11 +29,15 @@ class AsrResult:
     degenerate_share: float
     asr_non_degenerate: float | None  # None when every response is degenerate
     by_judge: dict[str, dict]
+    guard: dict | None = None  # with a guard: what it is, the prompts per tier, the withheld and flagged shares
 
     def summary(self) -> dict:
         """The numbers a result file records (everything but the per-prompt records)."""
-        return {"asr": self.asr, "n": self.n, "judge": self.judge, "degenerate_share": self.degenerate_share,
-                "asr_non_degenerate": self.asr_non_degenerate, "by_judge": self.by_judge}
+        summary = {"asr": self.asr, "n": self.n, "judge": self.judge, "degenerate_share": self.degenerate_share,
+                   "asr_non_degenerate": self.asr_non_degenerate, "by_judge": self.by_judge}
+        if self.guard is not None:
+            summary["guard"] = self.guard
+        return summary
 
 
 def rates(refused: Sequence[bool], degenerate: Sequence[bool]) -> dict:
@@ -74,11 +78,16 @@ def per_prompt_interventions(heads: Sequence[Sequence[Head]], num_layers: int, n
 def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Sequence[Head] | Sequence[Sequence[Head]] = (),
              per_prompt: bool = False, kind: str = "ua", epsilon: float = DEFAULT_EPSILON,
              judge: Judge | str | None = None, max_new_tokens: int = 64, batch_size: int = 16,
-             progress: bool = False, mesh: Mesh | None = None) -> AsrResult:
+             progress: bool = False, mesh: Mesh | None = None, guard=None,
+             prompt_format: str = "template") -> AsrResult:
     """Generates greedy responses to formatted `prompts` (for `queries`) with `heads` ablated (one list for all
     prompts, or one list per prompt with `per_prompt`), judges them and returns the ASR. `judge`: "keyword" (the
     default), "reference", or any callable `(queries, responses) -> [refused, ...]`; both keyword judges' ASR on the
-    same responses is reported too. Generation runs on `mesh` when one is given (see `jaxheads.generate`)."""
+    same responses is reported too. Generation runs on `mesh` when one is given (see `jaxheads.generate`).
+
+    With a `guard` (`jaxheads.guard.Guard`) the queries go through it (`jaxheads.generate(..., guard=...)`): the
+    Unsafe ones get its refusal without running the model, the Conditionally Safe ones are formatted in
+    `prompt_format` with its safety preamble, the others as `prompts` are; each record gets the prompt's tier."""
     if len(queries) != len(prompts):
         raise JaxheadsError(f"{len(queries)} queries but {len(prompts)} prompts")
     judge = make_judge(judge) if isinstance(judge, str) else (judge or KeywordJudge())
@@ -90,8 +99,13 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
         mask = ablation_mask(heads, cfg.num_layers, cfg.num_heads)
         interventions = from_mask(jnp.asarray(mask), kind, epsilon) if mask.any() else None
         prompt_heads = [list(heads)] * len(prompts)
-    generation = jaxheads.generate(model, prompts, max_new_tokens=max_new_tokens, interventions=interventions,
-                                   batch_size=batch_size, progress=progress, mesh=mesh)
+    if guard is None:
+        generation = jaxheads.generate(model, prompts, max_new_tokens=max_new_tokens, interventions=interventions,
+                                       batch_size=batch_size, progress=progress, mesh=mesh)
+    else:
+        generation = jaxheads.generate(model, queries, max_new_tokens=max_new_tokens, interventions=interventions,
+                                       batch_size=batch_size, progress=progress, mesh=mesh, guard=guard,
+                                       prompt_format=prompt_format)
     texts = generation.texts
     refused = [bool(flag) for flag in judge(list(queries), texts)]
     verdicts = {name: [bool(flag) for flag in make_judge(name)(list(queries), texts)] for name in JUDGES}
@@ -102,7 +116,22 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
          "ablated": [list(h) for h in row]}
         for i, (query, prompt, response, refusal, row) in enumerate(zip(queries, prompts, texts, refused, prompt_heads))
     ]
+    guarded = None
+    if guard is not None:
+        for record, tier, flagged, withheld in zip(records, generation.tiers, generation.flagged, generation.withheld):
+            record.update(tier=tier, flagged=flagged, withheld=withheld, preamble=tier == guard.PREAMBLE)
+        guarded = guard_summary(guard, generation.tiers)
     selected = rates(refused, degenerate)
     return AsrResult(selected["asr"], len(prompts), records, judge_description(judge),
                      sum(degenerate) / len(degenerate), selected["asr_non_degenerate"],
-                     {name: rates(verdicts[name], degenerate) for name in JUDGES})
+                     {name: rates(verdicts[name], degenerate) for name in JUDGES}, guarded)
+
+
+def guard_summary(guard, tiers: Sequence[str]) -> dict:
+    """What a guarded evaluation records about the guard: the guard itself, the prompts per tier, and the shares
+    withheld (Unsafe: refused without running the model), given the preamble, and flagged."""
+    from jaxheads.guard import TIERS
+
+    counts = {tier: sum(t == tier for t in tiers) for tier in TIERS}
+    return {**guard.describe(), "counts": counts, "withheld_share": counts[guard.WITHHELD] / len(tiers),
+            "preamble_share": counts[guard.PREAMBLE] / len(tiers), "flagged_share": counts[guard.FLAGGED] / len(tiers)}

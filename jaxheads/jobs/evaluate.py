@@ -56,9 +56,14 @@ def run(config) -> dict:
             heads = parse_heads(config.ablate, "--ablate")
             if config.ablate_from:
                 heads += [tuple(head) for head in io.read_json(config.ablate_from)["heads"]]
+        prompt_format = config.prompt_format
+        if per_prompt:  # the ships.json's prompts were formatted by its own run
+            prompt_format = ships.get("settings", {}).get("prompt_format", prompt_format)
+        guard = load_guard(config, model)
         result = asr.evaluate(model, queries, prompts, heads, per_prompt=per_prompt, kind=config.ablation,
                               epsilon=config.epsilon, judge=config.judge, max_new_tokens=config.max_new_tokens,
-                              batch_size=config.batch_size, progress=True, mesh=common.device_mesh(config))
+                              batch_size=config.batch_size, progress=True, mesh=common.device_mesh(config),
+                              guard=guard, prompt_format=prompt_format)
         io.atomic_write_text(os.path.join(config.out, "generations.jsonl"),
                              "".join(json.dumps(record) + "\n" for record in result.records))
         ablated = f"top-{config.top_k} per prompt" if per_prompt else [list(head) for head in heads]
@@ -66,6 +71,25 @@ def run(config) -> dict:
                   "ablated": ablated, "ablation": config.ablation, "epsilon": config.epsilon,
                   "generation": generation_settings(config), "settings": config.to_dict()}
         common.write_result(config.out, "asr.json", output)
+    if guard is not None:
+        counts = result.guard["counts"]
+        print(f"guard {config.guard}: " + ", ".join(f"{tier} {n}" for tier, n in counts.items())
+              + f"; {result.guard['withheld_share']:.3f} of the prompts withheld (refused without running the model)")
     print(f"ASR {result.asr:.3f} ({config.judge} judge; {result.degenerate_share:.3f} of the responses degenerate) "
-          f"over {result.n} prompts with {ablated} ablated; wrote {config.out}/asr.json")
+          f"over {result.n} prompts with {ablated} ablated{' and the guard on' if guard else ''}; wrote "
+          f"{config.out}/asr.json")
     return output
+
+
+def load_guard(config, model):
+    """The guard of `--guard` (None without one); its classifier shares `model`'s weights when the guard was
+    trained on the model evaluated."""
+    if not config.guard:
+        return None
+    from jaxheads import guard as guard_lib
+    from jaxheads.jobs.guard import model_spec
+
+    path = guard_lib.builtin_adapter_dir() if config.guard == guard_lib.BUILTIN else config.guard
+    same = guard_lib.Adapter.load(path).model.get("spec", "") == model_spec(config.model)
+    return guard_lib.load_guard(config.guard, model=model if same else None, dtype=config.dtype,
+                                mesh=common.device_mesh(config))

@@ -107,11 +107,13 @@ class TrainState(NamedTuple):
 
 @dataclasses.dataclass
 class TrainResult:
-    """The trained weights (LoRA merged) as float32 numpy arrays, the metric records, and the final step."""
+    """The trained weights (LoRA merged) as float32 numpy arrays, the metric records, the final step, and with
+    LoRA the adapters themselves (`{target: {"a": [L, in, r], "b": [L, r, out]}}`, float32 numpy)."""
 
     weights: dict[str, np.ndarray]
     records: list[dict]
     step: int
+    adapters: dict[str, dict[str, np.ndarray]] | None = None
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
@@ -346,8 +348,9 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
     _save(manager, state, fingerprint, pending)
     manager.close()
     weights = effective_weights(state.params, frozen, lora)
+    adapters = None if lora is None else jax.tree.map(lambda value: to_host(value).astype(np.float32), state.params)
     return TrainResult({name: to_host(value).astype(np.float32) for name, value in weights.items()},
-                       _latest_records(log.read()), int(state.micro_step) // config.grad_accum)
+                       _latest_records(log.read()), int(state.micro_step) // config.grad_accum, adapters)
 
 
 def trained_model(model: Model, weights: dict[str, np.ndarray], dtype: str = "float32") -> Model:
