@@ -27,8 +27,11 @@ FIELDS = {
     "mesh": ("", "Device mesh 'data,model', e.g. 4,2 (-1 = the remaining devices); empty = every device "
                  "data-parallel."),
     "max_new_tokens": (64, "Greedy tokens generated per prompt."),
-    "judge": ("keyword", "Refusal judge of the ASR: keyword (jaxheads' list, any case) or reference (the Ships "
-                         "authors' list and rule, case-sensitive); both are reported side by side."),
+    "judge": ("keyword", "Judge of the ASR: keyword (jaxheads' list, any case), reference (the Ships authors' list "
+                         "and rule, case-sensitive), guard (the shipped response judge: success = harmful_compliance) "
+                         "or the folder of a `jaxheads judge train` run; both keyword judges are reported side by "
+                         "side, a response judge's disagreements with the keyword judge go to "
+                         "judge_disagreements*.jsonl."),
     "seed": (0, "Random seed."),
     "harmless": ("", "A harmless prompt set scored like the harmful one (same forms as --dataset); empty = none."),
     "specificity": (0.0, "λ: rank heads by their score on --dataset minus λ times their score on --harmless, so "

@@ -4,9 +4,11 @@ heads of a set ablated, next to k random heads."""
 from jaxheads.configs import common
 
 SHARED = ("model", "dtype", "column", "limit", "prompt_format", "ablation", "epsilon", "max_new_tokens",
-          "batch_size", "mesh", "seed")
+          "judge", "batch_size", "mesh", "seed")
 HELP = common.help_lines(
     SHARED,
+    judge="Judge of the harmless refusal rate: keyword (jaxheads' list), reference (the Ships authors' rule), guard "
+          "(the shipped response judge: the share it labels refusal) or the folder of a `jaxheads judge train` run.",
     max_new_tokens="Greedy tokens generated per prompt: the reference answers, the harmless responses and the "
                    "arithmetic answers.",
     harmless="Harmless prompts: their refusal rate is measured, and the unablated model's greedy answers to them "

@@ -69,9 +69,11 @@ def generate(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]], *, 
     `prompt_format` (template, chat or direct): the prompts are user requests, formatted here. `guard` (a
     `jaxheads.guard.Guard`, e.g. `load_guard()`): the prompts are user requests, which the guard classifies
     first; Unsafe ones get the guard's refusal without running the model, Conditionally Safe ones get the
-    guard's safety preamble in front of the request, then each request the model runs on is formatted with
+    guard's safety note after the request, then each request the model runs on is formatted with
     `prompt_format` (default direct: as it is); the result also holds each prompt's tier and whether it was
-    flagged (Focused Attention) or withheld (Unsafe).
+    flagged (Focused Attention) or withheld (Unsafe). When the guard has a response judge (`guard.judge`; the
+    shipped one by default for the default model), each generated answer it labels harmful_compliance is replaced
+    by the guard's refusal and marked `screened`.
     """
     if max_new_tokens < 1:
         raise JaxheadsError(f"max_new_tokens must be at least 1, got {max_new_tokens}")

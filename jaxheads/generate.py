@@ -32,13 +32,16 @@ class Sampling:
 class Generation:
     """Generated continuations: `texts[i]` decodes `tokens[i]` (EOS and padding removed). With a guard, each
     prompt's `tiers[i]` (docs/guard.md), whether it is `flagged` (Focused Attention: answered, for review) and
-    whether it was `withheld` (Unsafe: `texts[i]` is the guard's refusal and the model did not run on it)."""
+    whether it was `withheld` (Unsafe: `texts[i]` is the guard's refusal and the model did not run on it); with a
+    guard that has a response judge, whether the answer was `screened` (labelled harmful_compliance by the judge:
+    `texts[i]` is the guard's refusal instead of the answer)."""
 
     texts: list[str]
     tokens: list[list[int]]
     tiers: list[str] | None = None
     flagged: list[bool] | None = None
     withheld: list[bool] | None = None
+    screened: list[bool] | None = None
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], pad_to_multiple: int = PAD_MULTIPLE) -> tuple[np.ndarray, np.ndarray]:

@@ -21,8 +21,12 @@ COMMANDS = {
     "guard_train": "train the four-tier input guard (LoRA classifier); also `jaxheads guard train`",
     "guard_eval": "the guard's per-tier recall, precision, risk recall on a labelled set; `jaxheads guard eval`",
     "guard_classify": "the guard's tier and probabilities for each prompt; `jaxheads guard classify`",
+    "judge_train": "train the response judge (LoRA classifier of prompt + response); also `jaxheads judge train`",
+    "judge_eval": "a response judge's labels, accuracy and keyword-judge agreement; `jaxheads judge eval`",
 }
 GUARD_SUBCOMMANDS = ("train", "eval", "classify")  # `jaxheads guard SUB` runs `guard_SUB`
+JUDGE_SUBCOMMANDS = ("train", "eval")  # `jaxheads judge SUB` runs `judge_SUB`
+SUBCOMMANDS = {"guard": GUARD_SUBCOMMANDS, "judge": JUDGE_SUBCOMMANDS}
 
 
 def usage() -> str:
@@ -38,12 +42,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(usage())
         sys.exit(0)
     command, rest = argv[1], argv[2:]
-    if command == "guard":
-        if not rest or rest[0] not in GUARD_SUBCOMMANDS:
-            sys.stderr.write(f"jaxheads guard: give one of {', '.join(GUARD_SUBCOMMANDS)}, e.g. jaxheads guard train "
-                             "--help\n")
+    if command in SUBCOMMANDS:
+        if not rest or rest[0] not in SUBCOMMANDS[command]:
+            sys.stderr.write(f"jaxheads {command}: give one of {', '.join(SUBCOMMANDS[command])}, e.g. jaxheads "
+                             f"{command} train --help\n")
             sys.exit(2)
-        command, rest = f"guard_{rest[0]}", rest[1:]
+        command, rest = f"{command}_{rest[0]}", rest[1:]
     if command not in COMMANDS:
         sys.stderr.write(f"jaxheads: unknown command {command!r}\n\n{usage()}")
         sys.exit(2)

@@ -315,7 +315,8 @@ def test_generate_with_a_guard_never_runs_the_model_on_an_unsafe_prompt(tiny, mo
     assert out.withheld == [False, True, False, False] and out.flagged == [False, False, False, True]
     assert out.texts[1] == guard.refusal == load_refusals()[0]
     assert not any("bomb" in text for text in seen) and len(seen) == 3  # the model ran on the other three only
-    assert any("medicine" in text and "Answer the following request with care" in text for text in seen)
+    # The safety note follows the request (the toy word tokenizer decodes with spaces around punctuation).
+    assert any(0 <= text.find("medicine please") < text.find("Answer with care") for text in seen), seen
     assert any("Query" in text and "bread" in text for text in seen)
     # A Safe prompt's answer is the unguarded one, whether formatted beforehand or by generate(prompt_format=...).
     unguarded = jaxheads.generate(tiny, [format_prompt(prompts[0], "template")], max_new_tokens=3)

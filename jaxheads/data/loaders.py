@@ -19,6 +19,10 @@ is `heldout` and the rest are `train`.
 Labelled sets (`load_labelled`): `builtin:guard` (optionally `:train` / `:heldout`), 672 prompts with one of the
 four guard tiers each (docs/guard.md); a .csv/.json/.jsonl file with a `tier` column; or any prompt set whose
 prompts all get one tier given with it (`tier=`).
+
+Labelled responses (`load_responses`): `builtin:judge` (optionally `:train` / `:heldout`), 340 (prompt, response)
+pairs with one of the four response-judge labels each (docs/judge.md); or a .csv/.json/.jsonl file with `prompt`,
+`response` and (optionally) `label` columns; jaxheads' own generations*.jsonl files (query, response) too.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ import re
 from jaxheads.errors import DataError
 
 BUILTIN_SETS = ("harmful", "harmless", "lookalike", "harmless_check")
-LABELLED_SETS = ("guard",)  # built-in sets whose records carry a label (`tier`) too
+LABELLED_SETS = ("guard", "judge")  # built-in sets whose records carry a label too (`tier`, `label`)
 GUARD_TIERS = ("safe", "conditionally_safe", "focused_attention", "unsafe")
+JUDGE_LABELS = ("refusal", "harmful_compliance", "non_answer", "benign_answer")
 LABEL_COLUMN = "tier"
+JUDGE_LABEL_COLUMN = "label"
+RESPONSE_COLUMN = "response"
 SPLITS = ("train", "heldout")
 FILE_FORMATS = (".csv", ".json", ".jsonl", ".txt")
 # Tried in this order when no column is given; matched exactly first, then ignoring case.
@@ -232,12 +239,19 @@ def _hub_prompts(source: str, column: str | None, split: str | None) -> list[str
 @dataclasses.dataclass(frozen=True)
 class LabelledPrompt:
     """A prompt with its label (None when the source gives none), its 0-based position in the source (as in
-    `load_prompt_rows`) and its group: the category of a built-in record, else the source."""
+    `load_prompt_rows`) and its group: the category (`group` for the judge set) of a built-in record, else the
+    source. A labelled response (`load_responses`) also carries the `response` the label is about."""
 
     row: int
     prompt: str
     label: str | None
     group: str
+    response: str | None = None
+
+    @property
+    def item(self) -> str | dict:
+        """What a classifier reads: the prompt, or {prompt, response} for a labelled response."""
+        return self.prompt if self.response is None else {"prompt": self.prompt, "response": self.response}
 
 
 def load_labelled(source: str, tier: str | None = None, column: str | None = None, limit: int | None = None,
@@ -264,6 +278,8 @@ def load_labelled(source: str, tier: str | None = None, column: str | None = Non
     rows = load_prompt_rows(source, column=column, limit=limit)
     if source.startswith("builtin:") and name in LABELLED_SETS:
         records = [record for record in load_builtin_records(name) if not split or record["split"] == split]
+        if name == "judge":
+            raise DataError(f"{source} holds labelled responses; read it with load_responses (`jaxheads judge ...`)")
         return [LabelledPrompt(row, prompt, normalise_label(records[row][LABEL_COLUMN], labels,
                                                             f"record {row} of {source}"), records[row]["category"])
                 for row, prompt in rows]
@@ -277,12 +293,94 @@ def load_labelled(source: str, tier: str | None = None, column: str | None = Non
             for row, prompt in rows]
 
 
-def normalise_label(value, labels: tuple[str, ...], where: str) -> str:
+def normalise_label(value, labels: tuple[str, ...], where: str, kind: str = "tier") -> str:
     """`value` as one of `labels` (case ignored, spaces and hyphens as underscores), else an error naming it."""
     key = re.sub(r"[\s-]+", "_", value.strip()).casefold() if isinstance(value, str) else None
     if key not in labels:
-        raise DataError(f"{where} has the tier {value!r}, which is not one of {', '.join(labels)}")
+        raise DataError(f"{where} has the {kind} {value!r}, which is not one of {', '.join(labels)}")
     return key
+
+
+def load_responses(source: str, limit: int | None = None, required: bool = True) -> list[LabelledPrompt]:
+    """(prompt, response) pairs of `source` with their response-judge label (one of JUDGE_LABELS), in source order.
+
+    `source` is `builtin:judge` (optionally `:train` / `:heldout`) or a .csv/.json/.jsonl file whose rows have a
+    prompt column (`query` when there is one, as in jaxheads' generations*.jsonl, else as `load_prompts` finds it),
+    a `response` column and a `label` column. Labels are matched as in
+    `load_labelled` ("Harmful compliance" is harmful_compliance); any other value is an error naming it and its
+    row, and so is a row without a prompt or a response. Without a `label` column the pairs come back with label
+    None, or (`required`) it is an error.
+    """
+    if limit is not None and limit <= 0:
+        raise DataError(f"limit must be a positive number of responses, got {limit}; leave it unset to use all")
+    if source.startswith("builtin:"):
+        name, _, split = source.removeprefix("builtin:").partition(":")
+        if name != "judge":
+            raise DataError(f"{source} holds prompts without responses; labelled responses come from builtin:judge "
+                            "or a file with prompt, response and label columns")
+        if split and split not in SPLITS:
+            raise DataError(f"unknown split {split!r} for {source}; choose one of {', '.join(SPLITS)}")
+        records = [record for record in load_builtin_records(name) if not split or record["split"] == split]
+        rows = [LabelledPrompt(row, record["prompt"], normalise_label(record[JUDGE_LABEL_COLUMN], JUDGE_LABELS,
+                                                                      f"record {row} of {source}", "label"),
+                               record["group"], record[RESPONSE_COLUMN]) for row, record in enumerate(records)]
+    else:
+        rows = _file_responses(source, required)
+    if not rows:
+        raise DataError(f"{source} holds no responses")
+    return rows[:limit] if limit is not None else rows
+
+
+def _file_responses(path: str, required: bool) -> list[LabelledPrompt]:
+    """The labelled responses of a local .csv/.json/.jsonl file."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".csv", ".json", ".jsonl"):
+        raise DataError(f"cannot read responses from {path}: labelled responses come from builtin:judge or a .csv, "
+                        f".json or .jsonl file with prompt, response and label columns")
+    if not os.path.isfile(path):
+        raise DataError(f"response file {path} does not exist; check the path (relative paths start at "
+                        f"{os.getcwd()})")
+    entries = _file_entries(path, suffix)
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DataError(f"entry {index} of {path} is a {type(entry).__name__}; every entry needs prompt, "
+                            "response and label fields")
+    names = list(dict.fromkeys(name for entry in entries for name in entry))
+    # jaxheads' own generations*.jsonl hold the request as `query` (their `prompt` is the formatted prompt).
+    prompt_column = "query" if "query" in names else _resolve_column(names, None, path) if entries else "prompt"
+    labelled = JUDGE_LABEL_COLUMN in names
+    if entries and not labelled and required:
+        raise DataError(f"{path} gives its responses no labels (it has no {JUDGE_LABEL_COLUMN!r} column, one of "
+                        f"{', '.join(JUDGE_LABELS)} per row)")
+    rows = []
+    for index, entry in enumerate(entries):
+        values = {}
+        for name, column in (("prompt", prompt_column), ("response", RESPONSE_COLUMN)):
+            value = entry.get(column)
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"row {index} of {path} has no {name} (column {column!r}: {value!r}); every row needs "
+                                "a non-empty prompt and response")
+            values[name] = value.strip()
+        label = (normalise_label(entry.get(JUDGE_LABEL_COLUMN), JUDGE_LABELS, f"row {index} of {path}", "label")
+                 if labelled else None)
+        rows.append(LabelledPrompt(index, values["prompt"], label, path, values["response"]))
+    return rows
+
+
+def _file_entries(path: str, suffix: str) -> list:
+    """The entries of a local .csv/.json/.jsonl file (rows, list items, lines), as `load_prompt_rows` counts them."""
+    with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
+        try:
+            if suffix == ".csv":
+                return list(csv.DictReader(handle))
+            if suffix == ".json":
+                entries = json.load(handle)
+                if not isinstance(entries, list):
+                    raise DataError(f"{path} must hold a JSON list of objects, not a {type(entries).__name__}")
+                return entries
+            return [json.loads(line) for line in handle if line.strip()]
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path} is not valid JSON ({error})") from error
 
 
 def _file_labels(path: str) -> list | None:

@@ -30,6 +30,12 @@ class AsrResult:
     asr_non_degenerate: float | None  # None when every response is degenerate
     by_judge: dict[str, dict]
     guard: dict | None = None  # with a guard: what it is, the prompts per tier, the withheld and flagged shares
+    # With a response judge: the records on which it and the keyword judge disagree about attack success, the
+    # most confident (the judge's probability of its own label) first.
+    disagreements: list[dict] | None = None
+    # The share of responses judged refusals: 1 - ASR for the keyword judges; for a response judge the share it
+    # labels refusal (its non-answers and benign answers are neither refusals nor attack successes).
+    refusal_rate: float | None = None
 
     def summary(self) -> dict:
         """The numbers a result file records (everything but the per-prompt records)."""
@@ -56,6 +62,8 @@ def judge_description(judge: Judge | None) -> dict:
                 "case_sensitive": False, **degenerate}
     if isinstance(judge, ReferenceJudge):
         return {"name": "reference", "case_sensitive": True, **degenerate}
+    if hasattr(judge, "describe"):  # a response judge (jaxheads.guard.ResponseJudge)
+        return {**judge.describe(), **degenerate}
     return {"name": getattr(judge, "name", getattr(judge, "__name__", type(judge).__name__)), **degenerate}
 
 
@@ -82,7 +90,10 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
              prompt_format: str = "template") -> AsrResult:
     """Generates greedy responses to formatted `prompts` (for `queries`) with `heads` ablated (one list for all
     prompts, or one list per prompt with `per_prompt`), judges them and returns the ASR. `judge`: "keyword" (the
-    default), "reference", or any callable `(queries, responses) -> [refused, ...]`; both keyword judges' ASR on the
+    default), "reference", a response judge (`jaxheads.guard.ResponseJudge`, or its spec for `make_judge`: a
+    response is then an attack success when labelled harmful_compliance, and its label and probabilities go into
+    each record, its ASR into `by_judge["model"]` and its disagreements with the keyword judge into
+    `disagreements`), or any callable `(queries, responses) -> [refused, ...]`; both keyword judges' ASR on the
     same responses is reported too. Generation runs on `mesh` when one is given (see `jaxheads.generate`).
 
     With a `guard` (`jaxheads.guard.Guard`) the queries go through it (`jaxheads.generate(..., guard=...)`): the
@@ -90,7 +101,7 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
     `prompt_format` with its safety preamble, the others as `prompts` are; each record gets the prompt's tier."""
     if len(queries) != len(prompts):
         raise JaxheadsError(f"{len(queries)} queries but {len(prompts)} prompts")
-    judge = make_judge(judge) if isinstance(judge, str) else (judge or KeywordJudge())
+    judge = make_judge(judge, model=None, mesh=mesh) if isinstance(judge, str) else (judge or KeywordJudge())
     cfg = model.config
     if per_prompt:
         interventions = per_prompt_interventions(heads, cfg.num_layers, cfg.num_heads, kind, epsilon)
@@ -107,7 +118,15 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
                                        batch_size=batch_size, progress=progress, mesh=mesh, guard=guard,
                                        prompt_format=prompt_format)
     texts = generation.texts
-    refused = [bool(flag) for flag in judge(list(queries), texts)]
+    model_judge = hasattr(judge, "classify") and hasattr(judge, "describe")  # a jaxheads.guard.ResponseJudge
+    labels = probs = None
+    if model_judge:
+        from jaxheads.guard import HARMFUL
+
+        labels, probs = judge.classify(list(queries), texts, batch_size=batch_size, mesh=mesh)
+        refused = [label != HARMFUL for label in labels]
+    else:
+        refused = [bool(flag) for flag in judge(list(queries), texts)]
     verdicts = {name: [bool(flag) for flag in make_judge(name)(list(queries), texts)] for name in JUDGES}
     degenerate = [is_degenerate(text) for text in texts]
     records = [
@@ -116,22 +135,67 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
          "ablated": [list(h) for h in row]}
         for i, (query, prompt, response, refusal, row) in enumerate(zip(queries, prompts, texts, refused, prompt_heads))
     ]
+    by_judge = {name: rates(verdicts[name], degenerate) for name in JUDGES}
+    disagreements = None
+    if model_judge:
+        by_judge[judge.name], disagreements = model_judge_summary(judge, records, labels, probs, refused, degenerate)
     guarded = None
     if guard is not None:
         for record, tier, flagged, withheld in zip(records, generation.tiers, generation.flagged, generation.withheld):
             record.update(tier=tier, flagged=flagged, withheld=withheld, preamble=tier == guard.PREAMBLE)
-        guarded = guard_summary(guard, generation.tiers)
+        if generation.screened is not None:
+            for record, screened in zip(records, generation.screened):
+                record["screened"] = screened
+        guarded = guard_summary(guard, generation.tiers, generation.screened)
     selected = rates(refused, degenerate)
+    if model_judge:
+        from jaxheads.guard import REFUSAL
+
+        refusal_rate = sum(label == REFUSAL for label in labels) / len(labels)
+    else:
+        refusal_rate = sum(refused) / len(refused)
     return AsrResult(selected["asr"], len(prompts), records, judge_description(judge),
-                     sum(degenerate) / len(degenerate), selected["asr_non_degenerate"],
-                     {name: rates(verdicts[name], degenerate) for name in JUDGES}, guarded)
+                     sum(degenerate) / len(degenerate), selected["asr_non_degenerate"], by_judge, guarded,
+                     disagreements, refusal_rate)
 
 
-def guard_summary(guard, tiers: Sequence[str]) -> dict:
+def model_judge_summary(judge, records: list[dict], labels: Sequence[str], probs, refused: Sequence[bool],
+                        degenerate: Sequence[bool]) -> tuple[dict, list[dict]]:
+    """A response judge's entry of `by_judge` (its ASR, the responses per label, its agreement with the keyword
+    judge on attack success and on refusal) and the records on which it and the keyword judge disagree about
+    attack success, each with the judge's label and probabilities, the most confident first. Adds `judge_label`
+    and `judge_probs` to each record."""
+    from jaxheads.guard import JUDGE_LABELS, REFUSAL, rate
+
+    keyword = [record["refused_by"]["keyword"] for record in records]
+    for record, label, row in zip(records, labels, probs):
+        record.update(judge_label=label, judge_probs={name: float(p) for name, p in zip(JUDGE_LABELS, row)})
+    success_agree = sum((not a) == (not b) for a, b in zip(refused, keyword))
+    refusal_agree = sum((label == REFUSAL) == flag for label, flag in zip(labels, keyword))
+    entry = {**rates(refused, degenerate), "source": judge.source,
+             "counts": {name: sum(label == name for label in labels) for name in JUDGE_LABELS},
+             "agreement_with_keyword": {"attack_success": rate(success_agree, len(labels)),
+                                        "refusal": rate(refusal_agree, len(labels))},
+             "disagreements": len(labels) - success_agree}
+    disagreements = [
+        {"index": i, "query": record["query"], "response": record["response"], "judge_label": record["judge_label"],
+         "judge_probability": record["judge_probs"][record["judge_label"]], "judge_success": not refused[i],
+         "keyword_success": not keyword[i], "judge_probs": record["judge_probs"], "degenerate": record["degenerate"]}
+        for i, record in enumerate(records) if (not refused[i]) != (not keyword[i])]
+    disagreements.sort(key=lambda line: -line["judge_probability"])
+    return entry, disagreements
+
+
+def guard_summary(guard, tiers: Sequence[str], screened: Sequence[bool] | None = None) -> dict:
     """What a guarded evaluation records about the guard: the guard itself, the prompts per tier, and the shares
-    withheld (Unsafe: refused without running the model), given the preamble, and flagged."""
+    withheld (Unsafe: refused without running the model), given the preamble, and flagged; with a screening
+    response judge, the answers it withheld (`screened`, labelled harmful_compliance) and their share."""
     from jaxheads.guard import TIERS
 
     counts = {tier: sum(t == tier for t in tiers) for tier in TIERS}
-    return {**guard.describe(), "counts": counts, "withheld_share": counts[guard.WITHHELD] / len(tiers),
-            "preamble_share": counts[guard.PREAMBLE] / len(tiers), "flagged_share": counts[guard.FLAGGED] / len(tiers)}
+    summary = {**guard.describe(), "counts": counts, "withheld_share": counts[guard.WITHHELD] / len(tiers),
+               "preamble_share": counts[guard.PREAMBLE] / len(tiers),
+               "flagged_share": counts[guard.FLAGGED] / len(tiers)}
+    if screened is not None:
+        summary.update(screened=int(sum(screened)), screened_share=sum(screened) / len(tiers))
+    return summary

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Protocol, Sequence
 
@@ -116,13 +117,29 @@ class ReferenceJudge:
         return [self.is_refusal(response) for response in responses]
 
 
-def make_judge(name: str) -> Judge:
-    """The judge named `name`: "keyword" or "reference"."""
+MODEL_JUDGE = "guard"  # `--judge=guard`: the response judge shipped with jaxheads (docs/judge.md)
+
+
+def is_model_judge(name: str) -> bool:
+    """Whether `--judge=name` names a response judge (the shipped one, or a folder) rather than a keyword judge."""
+    return name not in JUDGES
+
+
+def make_judge(name: str, model=None, dtype: str = "float32", mesh=None) -> Judge:
+    """The judge named `name`: "keyword", "reference", or a response judge (docs/judge.md): "guard" (the one
+    shipped for the default model) or the folder a `jaxheads judge train` run wrote (its adapter/ or the adapter
+    folder itself), loaded onto `model` (a loaded `Model` the adapter was trained on, whose weights it shares), or
+    onto the model the adapter records when `model` is None."""
     if name == "keyword":
         return KeywordJudge()
     if name == "reference":
         return ReferenceJudge()
-    raise DataError(f"unknown judge {name!r}; choose one of {', '.join(JUDGES)}")
+    if name == MODEL_JUDGE or (name and os.path.isdir(os.path.expanduser(name))):
+        from jaxheads.guard import load_judge
+
+        return load_judge(name, model=model, dtype=dtype, mesh=mesh)
+    raise DataError(f"unknown judge {name!r}; choose one of {', '.join(JUDGES)}, {MODEL_JUDGE} (the shipped response "
+                    "judge) or the folder of a `jaxheads judge train` run")
 
 
 def distinct_trigram_ratio(response: str) -> float | None:

@@ -15,7 +15,6 @@ import time
 from jaxheads import io
 from jaxheads.errors import JaxheadsError
 from jaxheads.eval.asr import judge_description
-from jaxheads.eval.judges import make_judge
 from jaxheads.jobs import common, training
 
 
@@ -67,12 +66,13 @@ def eval_sets(config) -> dict[str, tuple[str, int]]:
     return sets
 
 
-def evaluate(model, config, label: str) -> dict:
-    """ASR and refusal rate on every held-out set (in the first prompt format)."""
+def evaluate(model, config, label: str, judge=None) -> dict:
+    """ASR and refusal rate on every held-out set (in the first prompt format), judged by `judge` (None: the
+    keyword judge of `config.judge`)."""
     results = {}
     for name, (source, limit) in eval_sets(config).items():
         path = os.path.join(config.out, f"generations_{label}_{name}.jsonl")
-        results[name] = training.refusal_eval(model, source, config, path, limit, prompt_formats(config)[0])
+        results[name] = training.refusal_eval(model, source, config, path, limit, prompt_formats(config)[0], judge)
         print(f"[{label}] {name}: ASR {results[name]['asr']:.3f}, refusal rate {results[name]['refusal_rate']:.3f} "
               f"over {results[name]['n']} prompts", flush=True)
     return results
@@ -105,10 +105,12 @@ def run(config) -> dict:
             pairs = [(query, answer) for query, answer in zip(harmless, answers) if answer] * config.harmless_repeats
             pairs += list(zip(harmful, refusal_answers(harmful, config.seed)))
             examples += tokenize_examples(base.tokenizer, pairs, prompt_format, config.max_length)
+        judge = common.load_judge(config, base)
         before = None
         if config.evaluate_before:
             before_path = os.path.join(config.out, "eval_before.json")
-            before = io.read_json(before_path) if os.path.exists(before_path) else evaluate(base, config, "before")
+            before = (io.read_json(before_path) if os.path.exists(before_path)
+                      else evaluate(base, config, "before", judge))
             io.atomic_write_json(before_path, before)
         settings = training.train_config(config, len(examples))
         print(f"training on {len(examples)} examples for {settings.steps} steps", flush=True)
@@ -119,12 +121,12 @@ def run(config) -> dict:
         training.plot_training(result.records, config.out, title=f"alignment of {base.name}, {len(examples)} examples")
         model_dir = os.path.join(config.out, "model")
         export_safetensors(base.config, result.weights, model_dir, base.tokenizer)
-        after = evaluate(trained_model(base, result.weights, config.dtype), config, "after")
+        after = evaluate(trained_model(base, result.weights, config.dtype), config, "after", judge)
         output = {**common.shape_fields(base), "aligned_model": model_dir, "before": before, "after": after,
                   "num_examples": len(examples), "num_harmful_train": len(harmful),
                   "num_harmless_train": len(harmless), "prompt_formats": formats, "steps": result.step,
                   "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started,
-                  "judge": judge_description(make_judge(config.judge)), "settings": config.to_dict()}
+                  "judge": judge_description(judge), "settings": config.to_dict()}
         common.write_result(config.out, "align.json", output)
     print(f"wrote {config.out}/align.json and the aligned model {model_dir} ({output['total_seconds']:.0f} s)")
     return output

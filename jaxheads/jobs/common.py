@@ -54,9 +54,47 @@ def check_epsilon(config) -> None:
 
 
 def check_judge(config) -> None:
-    from jaxheads.eval.judges import JUDGES
+    """--judge: keyword, reference, guard (the shipped response judge) or the folder of a `jaxheads judge train` run,
+    whose adapter is checked to be a response judge before any work."""
+    from jaxheads.eval.judges import JUDGES, MODEL_JUDGE, is_model_judge
 
-    require_choice(config, "judge", JUDGES)
+    require(config, "judge", lambda value: isinstance(value, str) and value.strip(),
+            f"one of {', '.join(JUDGES)}, {MODEL_JUDGE} or a `jaxheads judge train` folder")
+    if is_model_judge(config.judge):
+        from jaxheads.guard import judge_adapter
+
+        judge_adapter(config.judge)
+
+
+def adapter_spec(spec: str) -> str:
+    """The model spec recorded with a classifier adapter: a local path made absolute, anything else as given."""
+    return os.path.abspath(spec) if spec and os.path.exists(spec) else spec
+
+
+def load_judge(config, model):
+    """The judge of `--judge`, made once per run: a keyword judge, or a response judge whose classifier shares
+    `model`'s weights when its adapter was trained on the model the run loaded (`--model`), and otherwise runs on
+    the model the adapter records (loaded once here)."""
+    from jaxheads.eval.judges import is_model_judge, make_judge
+
+    if not is_model_judge(config.judge):
+        return make_judge(config.judge)
+    from jaxheads.guard import judge_adapter
+
+    same = judge_adapter(config.judge).model.get("spec", "") == adapter_spec(config.model)
+    return make_judge(config.judge, model=model if same else None, dtype=config.dtype,
+                      mesh=device_mesh(config) if "mesh" in config else None)
+
+
+def write_disagreements(path: str, result) -> str | None:
+    """Writes the records on which a response judge and the keyword judge disagree (`AsrResult.disagreements`) as
+    JSONL to `path`; nothing without a response judge. Returns the path written or None."""
+    if result.disagreements is None:
+        return None
+    import json
+
+    io.atomic_write_text(path, "".join(json.dumps(line) + "\n" for line in result.disagreements))
+    return path
 
 
 def check_model_settings(config) -> None:

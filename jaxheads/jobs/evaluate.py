@@ -15,6 +15,7 @@ from jaxheads.errors import JaxheadsError
 from jaxheads.interventions import parse_heads
 from jaxheads.jobs import common
 
+DISAGREEMENTS = "judge_disagreements.jsonl"  # with a response judge: where it and the keyword judge disagree
 
 def check_config(config) -> None:
     from jaxheads.interventions import ABLATION_KINDS
@@ -59,13 +60,15 @@ def run(config) -> dict:
         prompt_format = config.prompt_format
         if per_prompt:  # the ships.json's prompts were formatted by its own run
             prompt_format = ships.get("settings", {}).get("prompt_format", prompt_format)
-        guard = load_guard(config, model)
+        judge = common.load_judge(config, model)
+        guard = load_guard(config, model, judge)
         result = asr.evaluate(model, queries, prompts, heads, per_prompt=per_prompt, kind=config.ablation,
-                              epsilon=config.epsilon, judge=config.judge, max_new_tokens=config.max_new_tokens,
+                              epsilon=config.epsilon, judge=judge, max_new_tokens=config.max_new_tokens,
                               batch_size=config.batch_size, progress=True, mesh=common.device_mesh(config),
                               guard=guard, prompt_format=prompt_format)
         io.atomic_write_text(os.path.join(config.out, "generations.jsonl"),
                              "".join(json.dumps(record) + "\n" for record in result.records))
+        common.write_disagreements(os.path.join(config.out, DISAGREEMENTS), result)
         ablated = f"top-{config.top_k} per prompt" if per_prompt else [list(head) for head in heads]
         output = {**common.shape_fields(model, result.n), "dataset": dataset, **result.summary(),
                   "ablated": ablated, "ablation": config.ablation, "epsilon": config.epsilon,
@@ -73,23 +76,31 @@ def run(config) -> dict:
         common.write_result(config.out, "asr.json", output)
     if guard is not None:
         counts = result.guard["counts"]
+        screened = (f"; {result.guard['screened']} answers screened out by the response judge"
+                    if "screened" in result.guard else "")
         print(f"guard {config.guard}: " + ", ".join(f"{tier} {n}" for tier, n in counts.items())
-              + f"; {result.guard['withheld_share']:.3f} of the prompts withheld (refused without running the model)")
+              + f"; {result.guard['withheld_share']:.3f} of the prompts withheld (refused without running the model)"
+              + screened)
+    if result.disagreements is not None:
+        by_keyword = result.by_judge["keyword"]["asr"]
+        print(f"keyword judge ASR {by_keyword:.3f}; the response judge disagrees with it on "
+              f"{len(result.disagreements)} responses ({config.out}/{DISAGREEMENTS})")
     print(f"ASR {result.asr:.3f} ({config.judge} judge; {result.degenerate_share:.3f} of the responses degenerate) "
           f"over {result.n} prompts with {ablated} ablated{' and the guard on' if guard else ''}; wrote "
           f"{config.out}/asr.json")
     return output
 
 
-def load_guard(config, model):
+def load_guard(config, model, judge=None):
     """The guard of `--guard` (None without one); its classifier shares `model`'s weights when the guard was
-    trained on the model evaluated."""
+    trained on the model evaluated. Its answers are screened by `judge` when that is a response judge (`--judge`),
+    else by the shipped response judge when the guard was trained on the model that judge was trained on."""
     if not config.guard:
         return None
     from jaxheads import guard as guard_lib
-    from jaxheads.jobs.guard import model_spec
 
     path = guard_lib.builtin_adapter_dir() if config.guard == guard_lib.BUILTIN else config.guard
-    same = guard_lib.Adapter.load(path).model.get("spec", "") == model_spec(config.model)
+    same = guard_lib.Adapter.load(path).model.get("spec", "") == common.adapter_spec(config.model)
+    screening = judge if isinstance(judge, guard_lib.ResponseJudge) else guard_lib.AUTO
     return guard_lib.load_guard(config.guard, model=model if same else None, dtype=config.dtype,
-                                mesh=common.device_mesh(config))
+                                mesh=common.device_mesh(config), judge=screening)

@@ -22,7 +22,6 @@ import time
 from jaxheads import io
 from jaxheads.errors import DataError, JaxheadsError
 from jaxheads.eval.asr import judge_description
-from jaxheads.eval.judges import make_judge
 from jaxheads.jobs import common, training
 
 
@@ -124,8 +123,10 @@ def run(config) -> dict:
         model_dir = os.path.join(config.out, "model")
         export_safetensors(model.config, result.weights, model_dir, model.tokenizer)
         tuned = trained_model(model, result.weights, config.dtype)
+        judge = common.load_judge(config, model)
         harm = training.refusal_eval(tuned, config.eval_harmful, config,
-                                     os.path.join(config.out, "generations_harmful.jsonl"), config.eval_limit)
+                                     os.path.join(config.out, "generations_harmful.jsonl"), config.eval_limit,
+                                     judge=judge)
         answers = jaxheads.generate(tuned, [format_prompt(p.question, fmt, tuned.tokenizer) for p in heldout],
                                     max_new_tokens=config.eval_tokens, batch_size=config.eval_batch_size,
                                     progress=True, mesh=mesh)
@@ -139,7 +140,7 @@ def run(config) -> dict:
                                                                  "paired": pairs.paired},
                   "axes": {"positive_heads": ["record", "step, count"]}, "hs_prompts": harm["n"],
                   "fa_problems": len(heldout), "steps": result.step,
-                  "judge": judge_description(make_judge(config.judge)), "hs_detail": harm,
+                  "judge": judge_description(judge), "hs_detail": harm,
                   "total_seconds": time.perf_counter() - started, "settings": config.to_dict()}
         common.write_result(config.out, "finetune.json", output)
     print(f"HS {output['hs']:.3f}, FA {output['fa']:.3f}, positive heads {counts[-1][1] if counts else 'n/a'}; "

@@ -7,6 +7,15 @@
 - `eval`: classifies a labelled set and reports per-tier recall and precision, the confusion matrix, risk
   recall, false-alarm rate and over-caution (guard.json, guard.jsonl, guard_confusion.png).
 - `classify`: the same for any prompt set; the metrics only when the set is labelled.
+
+`jaxheads judge train|eval`: the response judge (docs/judge.md), the same recipe over (prompt, response) pairs.
+
+- `train` (`train_judge`): LoRA fine-tuning to score the four label tokens on the train split of builtin:judge,
+  calibration of the temperature on a part of it kept out of training; writes out/adapter, judge_train.json,
+  training.png and the held-out evaluation (out/heldout).
+- `eval` (`evaluate_judge`): labels a set of (prompt, response) pairs; with labels, accuracy, recall and precision
+  per label, the confusion matrix and the agreement with the keyword judge (judge.json, judge.jsonl,
+  judge_confusion.png), and the responses on which the two disagree most (judge_disagreements.jsonl).
 """
 
 from __future__ import annotations
@@ -76,73 +85,96 @@ def load_training_rows(config):
 def train(config) -> dict:
     """Trains, calibrates, saves and evaluates the guard; returns the contents of guard_train.json."""
     from jaxheads import guard as guard_lib
-    from jaxheads.jobs import training
 
-    started = time.perf_counter()
     check_train_config(config)
-    with io.RunFolder(config.out) as folder:
-        model = common.load_model(config)
-        rows = load_training_rows(config)
-        train_rows, calibration_rows = guard_lib.calibration_split(rows, config.calibration_every)
-        heldout = load_heldout(config)
-        data = {"train": [[row.prompt, row.label] for row in train_rows],
-                "calibration": [[row.prompt, row.label] for row in calibration_rows]}
-        # The calibration targets and the held-out set do not change the training: a finished run rerun with
-        # other targets restores its last checkpoint and calibrates again.
-        folder.check(common.fingerprint("guard_train", config, {"model": model}, data,
-                                        exclude=("heldout", "eval_batch_size", "risk_recall_target",
-                                                 "false_alarm_target")), ["checkpoints"])
-        settings = training.train_config(config, len(train_rows))
-        print(f"training the guard on {len(train_rows)} prompts for {settings.steps} steps; calibrating on "
-              f"{len(calibration_rows)}", flush=True)
-        train_started = time.perf_counter()
-        classifier, adapter, result = guard_lib.train_classifier(
-            model, guard_lib.GUARD_TASK, [row.prompt for row in train_rows], [row.label for row in train_rows],
-            [row.prompt for row in calibration_rows], [row.label for row in calibration_rows], settings, config.out,
-            risk_recall_target=config.risk_recall_target,
-            false_alarm_target=config.false_alarm_target if config.false_alarm_target >= 0 else None,
-            model_spec=model_spec(config.model),
-            batch_size=config.eval_batch_size, mesh=common.device_mesh(config),
-            on_step=lambda step, record: print(f"step {step}: loss {record['loss']:.4f}", flush=True))
-        train_seconds = time.perf_counter() - train_started
-        adapter.info.update(train_seconds=train_seconds, dataset=config.dataset, extra=config.extra,
-                            train_counts=tier_counts(row.label for row in train_rows),
-                            calibration_counts=tier_counts(row.label for row in calibration_rows))
-        adapter_dir = adapter.save(os.path.join(config.out, "adapter"))
-        training.plot_training(result.records, config.out, title=f"guard training of {model.name}, "
-                                                                 f"{len(train_rows)} prompts")
-        calibration = adapter.info["calibration"]
+
+    def heldout_eval(classifier, adapter_dir, rows, out):
+        guard = guard_lib.Guard(classifier, source=str(adapter_dir))
+        return classify_and_write(guard, rows, out, config, dataset=config.heldout)
+
+    def report(calibration):
         alarm = calibration["alarm_threshold"]
         print(f"calibration: temperature {calibration['temperature']:.3f}, Safe threshold "
               f"{calibration['threshold']:.4f}, Unsafe threshold {'none' if alarm is None else f'{alarm:.4f}'} "
               f"(on calibration: risk recall {guard_lib.format_rate(calibration['metrics']['risk_recall'])}, "
               f"false alarms {guard_lib.format_rate(calibration['metrics']['false_alarm'])})", flush=True)
+
+    return train_task(config, guard_lib.GUARD_TASK, lambda: load_training_rows(config), lambda: load_heldout(config),
+                      heldout_eval, report, "guard_train.json",
+                      targets=dict(risk_recall_target=config.risk_recall_target,
+                                   false_alarm_target=config.false_alarm_target if config.false_alarm_target >= 0
+                                   else None),
+                      exclude=("heldout", "eval_batch_size", "risk_recall_target", "false_alarm_target"))
+
+
+def train_task(config, task, load_rows, load_heldout_rows, heldout_eval, report, result_name: str, targets: dict,
+               exclude: tuple[str, ...]) -> dict:
+    """What `jaxheads guard train` and `jaxheads judge train` share: loads the model and the labelled rows, keeps
+    every `calibration_every`-th row of each (label, group) for calibration, fine-tunes the LoRA adapter of `task`
+    (resuming), calibrates, saves out/adapter and training.png, evaluates the held-out rows with `heldout_eval`
+    into out/heldout and writes `result_name`; returns its contents."""
+    from jaxheads import guard as guard_lib
+    from jaxheads.jobs import training
+
+    started = time.perf_counter()
+    with io.RunFolder(config.out) as folder:
+        model = common.load_model(config)
+        rows = load_rows()
+        train_rows, calibration_rows = guard_lib.calibration_split(rows, config.calibration_every)
+        heldout = load_heldout_rows()
+        data = {"train": [row_fields(row) for row in train_rows],
+                "calibration": [row_fields(row) for row in calibration_rows]}
+        # The calibration targets and the held-out set do not change the training: a finished run rerun with
+        # other targets restores its last checkpoint and calibrates again.
+        folder.check(common.fingerprint(f"{task.name}_train", config, {"model": model}, data, exclude=exclude),
+                     ["checkpoints"])
+        settings = training.train_config(config, len(train_rows))
+        print(f"training the {task.name} on {len(train_rows)} examples for {settings.steps} steps; calibrating on "
+              f"{len(calibration_rows)}", flush=True)
+        train_started = time.perf_counter()
+        classifier, adapter, result = guard_lib.train_classifier(
+            model, task, [row.item for row in train_rows], [row.label for row in train_rows],
+            [row.item for row in calibration_rows], [row.label for row in calibration_rows], settings, config.out,
+            **targets, model_spec=model_spec(config.model), batch_size=config.eval_batch_size,
+            mesh=common.device_mesh(config),
+            on_step=lambda step, record: print(f"step {step}: loss {record['loss']:.4f}", flush=True))
+        train_seconds = time.perf_counter() - train_started
+        adapter.info.update(train_seconds=train_seconds, dataset=config.dataset, extra=config.get("extra", ""),
+                            train_counts=label_counts((row.label for row in train_rows), task.labels),
+                            calibration_counts=label_counts((row.label for row in calibration_rows), task.labels))
+        adapter_dir = adapter.save(os.path.join(config.out, "adapter"))
+        training.plot_training(result.records, config.out, title=f"{task.name} training of {model.name}, "
+                                                                 f"{len(train_rows)} examples")
+        calibration = adapter.info["calibration"]
+        report(calibration)
         heldout_result = None
         if heldout is not None:
-            guard = guard_lib.Guard(classifier, source=str(adapter_dir))
-            heldout_result = classify_and_write(guard, heldout, os.path.join(config.out, "heldout"), config,
-                                                dataset=config.heldout)
+            heldout_result = heldout_eval(classifier, adapter_dir, heldout, os.path.join(config.out, "heldout"))
         output = {**common.shape_fields(model), "adapter": str(adapter_dir),
                   "adapter_bytes": sum(os.path.getsize(adapter_dir / name) for name in
                                        (guard_lib.ADAPTER_WEIGHTS, guard_lib.ADAPTER_META)),
-                  "dataset": config.dataset, "extra": config.extra, "num_train": len(train_rows),
+                  "dataset": config.dataset, "extra": config.get("extra", ""), "num_train": len(train_rows),
                   "num_calibration": len(calibration_rows), "train_counts": adapter.info["train_counts"],
                   "calibration_counts": adapter.info["calibration_counts"], "steps": result.step,
                   "temperature": adapter.temperature, "threshold": adapter.threshold,
                   "alarm_threshold": adapter.alarm_threshold, "calibration": calibration,
                   "heldout": None if heldout_result is None else {
-                      key: heldout_result[key] for key in ("dataset", "num_prompts", "counts", "metrics")},
+                      key: heldout_result[key] for key in ("dataset", "num_prompts", "counts", "metrics", "accuracy",
+                                                           "keyword") if key in heldout_result},
                   "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started,
                   "settings": config.to_dict()}
-        common.write_result(config.out, "guard_train.json", output)
-    print(f"wrote the guard adapter {adapter_dir} and {config.out}/guard_train.json "
+        common.write_result(config.out, result_name, output)
+    print(f"wrote the {task.name} adapter {adapter_dir} and {config.out}/{result_name} "
           f"({output['total_seconds']:.0f} s)")
     return output
 
 
-def model_spec(spec: str) -> str:
-    """The model spec recorded with an adapter: a local path made absolute, anything else as given."""
-    return os.path.abspath(spec) if spec and os.path.exists(spec) else spec
+def row_fields(row) -> list:
+    """A labelled row as the fingerprint records it: [prompt, label], or [prompt, response, label]."""
+    return [row.prompt, row.label] if row.response is None else [row.prompt, row.response, row.label]
+
+
+model_spec = common.adapter_spec
 
 
 def load_heldout(config):
@@ -151,11 +183,15 @@ def load_heldout(config):
     return load_labelled(config.heldout) if config.heldout else None
 
 
+def label_counts(labels, names) -> dict:
+    counts = collections.Counter(labels)
+    return {name: counts.get(name, 0) for name in names}
+
+
 def tier_counts(labels) -> dict:
     from jaxheads.guard import TIERS
 
-    counts = collections.Counter(labels)
-    return {tier: counts.get(tier, 0) for tier in TIERS}
+    return label_counts(labels, TIERS)
 
 
 def classify_and_write(guard, rows, out: str, config, dataset: str, mesh=None) -> dict:
@@ -231,3 +267,155 @@ def evaluate(config) -> dict:
 def classify(config) -> dict:
     """Classifies any prompt set; returns the contents of guard.json (metrics when the set is labelled)."""
     return _classify_job(config, require_labels=False)
+
+
+# The response judge (docs/judge.md): `jaxheads judge train|eval`
+
+JUDGE_LINES = "judge.jsonl"
+JUDGE_RESULT = "judge.json"
+JUDGE_DISAGREEMENTS = "judge_disagreements.jsonl"
+JUDGE_SUCCESS_DISAGREEMENTS = "judge_success_disagreements.jsonl"
+
+
+def check_judge_train_config(config) -> None:
+    from jaxheads.jobs import training
+
+    common.check_model_settings(config)
+    common.require_int(config, "calibration_every", minimum=2)
+    common.require_int(config, "eval_batch_size")
+    common.require_int(config, "disagreements", minimum=0)
+    common.require(config, "lora_rank", lambda value: isinstance(value, int) and value >= 1,
+                   "an integer >= 1 (the judge is trained and shipped as a LoRA adapter)")
+    training.train_config(config, 1)
+
+
+def train_judge(config) -> dict:
+    """Trains, calibrates (temperature), saves and evaluates the response judge; returns judge_train.json."""
+    from jaxheads import guard as guard_lib
+    from jaxheads.data.loaders import load_responses
+
+    check_judge_train_config(config)
+
+    def heldout_eval(classifier, adapter_dir, rows, out):
+        judge = guard_lib.ResponseJudge(classifier, str(adapter_dir), config.eval_batch_size)
+        return judge_and_write(judge, rows, out, config, config.heldout, config.eval_batch_size)
+
+    def report(calibration):
+        print(f"calibration: temperature {calibration['temperature']:.3f}, NLL {calibration['nll_before']:.3f} -> "
+              f"{calibration['nll_after']:.3f} on {calibration['n']} responses kept out of training", flush=True)
+
+    return train_task(config, guard_lib.JUDGE_TASK, lambda: load_responses(config.dataset),
+                      lambda: load_responses(config.heldout) if config.heldout else None, heldout_eval, report,
+                      "judge_train.json", targets=dict(risk_recall_target=1.0),
+                      exclude=("heldout", "eval_batch_size", "disagreements"))
+
+
+def judge_and_write(judge, rows, out: str, config, dataset: str, batch_size: int, mesh=None) -> dict:
+    """Labels `rows` (labelled responses) with the response `judge`; writes judge.jsonl (one line per response:
+    the judge's label and probabilities, the keyword judge's verdict, the true label when known), judge.json
+    (counts; with labels: accuracy, recall and precision per label, the confusion matrix, the keyword judge's
+    agreement with the judge and with the labels) and, with labels, judge_confusion.png, and the
+    `config.disagreements` responses on which the keyword judge and the response judge disagree most about refusal
+    (keyword refused vs judge label refusal, ranked by the judge's probability of its own label) to
+    judge_disagreements.jsonl, and those on which they disagree most about attack success (keyword not refused vs
+    judge label harmful_compliance) to judge_success_disagreements.jsonl. Returns the contents of judge.json."""
+    import jax
+
+    from jaxheads import guard as guard_lib
+    from jaxheads import plots
+    from jaxheads.eval.judges import KeywordJudge
+
+    os.makedirs(out, exist_ok=True)
+    labels = guard_lib.JUDGE_LABELS
+    prompts, responses = [row.prompt for row in rows], [row.response for row in rows]
+    started = time.perf_counter()
+    predicted, probs = judge.classify(prompts, responses, batch_size=batch_size, mesh=mesh)
+    seconds = time.perf_counter() - started
+    keyword = KeywordJudge()(prompts, responses)
+    labelled = all(row.label is not None for row in rows)
+    lines = []
+    for row, label, p, refused in zip(rows, predicted, probs, keyword):
+        line = {"row": row.row, "prompt": row.prompt, "response": row.response, "judge_label": label,
+                "probs": {name: float(value) for name, value in zip(labels, p)}, "keyword_refused": bool(refused)}
+        if row.label is not None:
+            line["label"] = row.label
+        lines.append(line)
+    io.atomic_write_text(os.path.join(out, JUDGE_LINES), "".join(json.dumps(line) + "\n" for line in lines))
+    def most_confident(disagreeing, path):
+        disagreeing = sorted(disagreeing, key=lambda line: -line["probs"][line["judge_label"]])
+        shown = [{**line, "judge_probability": line["probs"][line["judge_label"]]}
+                 for line in disagreeing[:config.disagreements]]
+        io.atomic_write_text(os.path.join(out, path), "".join(json.dumps(line) + "\n" for line in shown))
+        return len(shown)
+
+    # On refusal (keyword "refused" vs label refusal), and on attack success (keyword "not refused" vs label
+    # harmful_compliance), as the ASR counts it.
+    written = most_confident([line for line in lines
+                              if line["keyword_refused"] != (line["judge_label"] == guard_lib.REFUSAL)],
+                             JUDGE_DISAGREEMENTS)
+    written_success = most_confident([line for line in lines
+                                      if (not line["keyword_refused"]) != (line["judge_label"] == guard_lib.HARMFUL)],
+                                     JUDGE_SUCCESS_DISAGREEMENTS)
+    n = len(rows)
+    agree_judge = sum(refused == (label == guard_lib.REFUSAL) for label, refused in zip(predicted, keyword))
+    agree_success = sum((not refused) == (label == guard_lib.HARMFUL) for label, refused in zip(predicted, keyword))
+    keyword_summary = {"refusals": int(sum(keyword)),
+                       "agreement_with_judge": guard_lib.rate(agree_judge, n),
+                       "disagreements_with_judge": n - agree_judge,
+                       "disagreements_written": written,
+                       "rule": "keyword refused == (label == refusal)",
+                       "attack_success_agreement_with_judge": guard_lib.rate(agree_success, n),
+                       "attack_success_disagreements_written": written_success,
+                       "asr_by_judge": sum(label == guard_lib.HARMFUL for label in predicted) / n,
+                       "asr_by_keyword": sum(not refused for refused in keyword) / n}
+    counts = {"predicted": label_counts(predicted, labels)}
+    metrics = accuracy = None
+    if labelled:
+        truth = [row.label for row in rows]
+        counts["labelled"] = label_counts(truth, labels)
+        metrics = guard_lib.metrics(truth, predicted, guard_lib.JUDGE_TASK)
+        accuracy = guard_lib.rate(sum(a == b for a, b in zip(truth, predicted)), n)
+        agree_labels = sum(refused == (label == guard_lib.REFUSAL) for label, refused in zip(truth, keyword))
+        success = sum((not refused) == (label == guard_lib.HARMFUL) for label, refused in zip(truth, keyword))
+        keyword_summary.update(
+            agreement_with_labels=guard_lib.rate(agree_labels, n),
+            attack_success_agreement_with_labels=guard_lib.rate(success, n),
+            asr_by_labels=counts["labelled"][guard_lib.HARMFUL] / n)
+    output = {"model": judge.classifier.model.name, "judge": judge.describe(), "dataset": dataset, "num_prompts": n,
+              "counts": counts, "accuracy": accuracy, "metrics": metrics, "keyword": keyword_summary,
+              "throughput": {"responses": n, "seconds": seconds, "responses_per_second": n / seconds,
+                             "batch_size": batch_size, "devices": jax.device_count(),
+                             "mesh": None if mesh is None else dict(mesh.shape)},
+              "settings": config.to_dict()}
+    common.write_result(out, JUDGE_RESULT, output)
+    if labelled:
+        plots.plot_confusion(metrics["confusion"], labels, os.path.join(out, "judge_confusion.png"),
+                             title=f"response judge on {n} responses of {dataset}")
+        print(f"accuracy {guard_lib.format_rate(accuracy)}", flush=True)
+        print("\n".join(f"{name}: recall {guard_lib.format_rate(metrics['recall'][name])}, precision "
+                        f"{guard_lib.format_rate(metrics['precision'][name])}" for name in labels), flush=True)
+    print(f"keyword judge agrees with the response judge on refusal for "
+          f"{guard_lib.format_rate(keyword_summary['agreement_with_judge'])}; {n} responses: "
+          + ", ".join(f"{name} {count}" for name, count in counts["predicted"].items())
+          + f"; wrote {out}/{JUDGE_RESULT}, {JUDGE_LINES}, {JUDGE_DISAGREEMENTS} and {JUDGE_SUCCESS_DISAGREEMENTS}",
+          flush=True)
+    return output
+
+
+def evaluate_judge(config) -> dict:
+    """Labels a set of (prompt, response) pairs with a response judge; returns the contents of judge.json (with the
+    metrics when the set is labelled)."""
+    from jaxheads import guard as guard_lib
+    from jaxheads.data.loaders import load_responses
+
+    common.check_model_settings(config)
+    common.require_int(config, "batch_size")
+    common.require_int(config, "limit", "disagreements", minimum=0)
+    common.require(config, "judge", bool, "guard (the shipped judge) or the folder of a `jaxheads judge train` run")
+    guard_lib.judge_adapter(config.judge)  # a bad --judge stops before any work
+    rows = load_responses(config.dataset, limit=config.limit or None, required=False)
+    with io.RunFolder(config.out):
+        mesh = common.device_mesh(config)
+        judge = guard_lib.load_judge(config.judge, model=config.model or None, dtype=config.dtype, mesh=mesh,
+                                     batch_size=config.batch_size)
+        return judge_and_write(judge, rows, config.out, config, config.dataset, config.batch_size, mesh=mesh)

@@ -6,6 +6,7 @@ finished setting is appended to sahara_asr.partial.jsonl, so an interrupted run 
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from jaxheads import io, plots
 from jaxheads.errors import JaxheadsError
 from jaxheads.jobs import common
-from jaxheads.jobs.evaluate import generation_settings
+from jaxheads.jobs.evaluate import DISAGREEMENTS, generation_settings
 
 LOG = "sahara_asr.partial.jsonl"
 
@@ -86,26 +87,34 @@ def run(config) -> dict:
         log = io.JsonlLog(os.path.join(config.out, LOG))
         done = {record["index"]: record for record in log.read()}
         mesh = common.device_mesh(config)
+        judge = common.load_judge(config, model)
         for index, (name, k, heads) in enumerate(settings):
             if index in done:
                 continue
             result = asr.evaluate(model, queries, prompts, heads, per_prompt=per_prompt, kind=config.ablation,
-                                  epsilon=config.epsilon, judge=config.judge, max_new_tokens=config.max_new_tokens,
+                                  epsilon=config.epsilon, judge=judge, max_new_tokens=config.max_new_tokens,
                                   batch_size=config.batch_size, mesh=mesh)
             listed = [[list(h) for h in row] for row in heads] if per_prompt else [list(h) for h in heads]
             done[index] = {"index": index, "name": name, "k": k, "heads": listed,
                            **{key: value for key, value in result.summary().items() if key not in ("n", "judge")}}
+            if result.disagreements is not None:
+                done[index]["judge_disagreements"] = result.disagreements
             log.append(done[index])
             shown = f"{k} per prompt" if per_prompt else heads
             print(f"[{index + 1}/{len(settings)}] {name} k={k} {shown}: ASR {result.asr:.3f}, degenerate "
                   f"{result.degenerate_share:.3f}", flush=True)
         records = [done[i] for i in range(len(settings))]
+        disagreements = [{"setting": record["index"], "name": record["name"], "k": record["k"], **line}
+                         for record in records for line in record.pop("judge_disagreements", [])]
+        if disagreements:  # with a response judge: where it and the keyword judge disagree, per setting
+            io.atomic_write_text(os.path.join(config.out, DISAGREEMENTS),
+                                 "".join(json.dumps(line) + "\n" for line in disagreements))
         table = summary(records, max_heads)
         output = {**common.shape_fields(model, len(prompts)), "dataset": dataset,
                   "heads_from": os.path.abspath(config.top_k_from or config.sahara),
                   "chosen": "each prompt's own top k" if per_prompt else "Sahara's first k",
                   "ablation": config.ablation, "epsilon": config.epsilon,
-                  "judge": asr.judge_description(asr.make_judge(config.judge)),
+                  "judge": asr.judge_description(judge),
                   "generation": generation_settings(config),
                   "axes": {name: ["k"] for name in ("sahara", "random_mean", "random_std")}, **table,
                   "degenerate_share": summary(records, max_heads, "degenerate_share"),

@@ -27,20 +27,28 @@ def train_config(config, num_examples: int):
     return train
 
 
-def refusal_eval(model, source: str, config, out_path: str, limit: int = 0, prompt_format: str | None = None) -> dict:
-    """Greedy responses to the prompts of `source` judged by `config.judge`: the ASR summary (`asr`, `n`,
-    `degenerate_share`, `asr_non_degenerate`, `by_judge`) and `refusal_rate` = 1 - ASR. The responses are written to
-    `out_path` (JSONL)."""
+def refusal_eval(model, source: str, config, out_path: str, limit: int = 0, prompt_format: str | None = None,
+                 judge=None) -> dict:
+    """Greedy responses to the prompts of `source` judged by `judge` (made once per run by `common.load_judge`;
+    None = `config.judge`'s keyword judge): the ASR summary (`asr`, `n`, `degenerate_share`, `asr_non_degenerate`,
+    `by_judge`) and `refusal_rate` (1 - ASR for a keyword judge; the share labelled refusal for a response judge).
+    The responses are written to `out_path` (JSONL); with a response
+    judge its disagreements with the keyword judge go next to it (judge_disagreements_NAME.jsonl for
+    generations_NAME.jsonl)."""
     from jaxheads import io
     from jaxheads.eval import asr
 
     data = common.load_prompt_set(model, source, prompt_format or config.prompt_format, limit=limit)
-    result = asr.evaluate(model, data.queries, data.prompts, judge=config.judge, max_new_tokens=config.eval_tokens,
-                          batch_size=config.eval_batch_size, progress=True, mesh=common.device_mesh(config))
+    result = asr.evaluate(model, data.queries, data.prompts, judge=judge or config.judge,
+                          max_new_tokens=config.eval_tokens, batch_size=config.eval_batch_size, progress=True,
+                          mesh=common.device_mesh(config))
     io.atomic_write_text(out_path, "".join(json.dumps(record) + "\n" for record in result.records))
+    folder, name = os.path.split(out_path)
+    common.write_disagreements(os.path.join(folder, "judge_disagreements_" + name.removeprefix("generations_")),
+                               result)
     summary = result.summary()
     del summary["judge"]
-    return {**summary, "refusal_rate": 1 - result.asr}
+    return {**summary, "refusal_rate": result.refusal_rate}
 
 
 def plot_training(records: list[dict], out_dir: str, title: str) -> None:

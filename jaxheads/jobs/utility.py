@@ -5,7 +5,8 @@ from the heads not in the set) and the unablated model, it measures
 - the perplexity of held-out harmless text: the harmless prompts with the UNABLATED model's own greedy answers
   (generated once, cached in harmless_answers.jsonl), scored on the answer tokens only. It measures how much an
   ablation disturbs the model's own benign behaviour, not how well it models someone else's text;
-- the refusal rate on the harmless prompts (greedy responses, keyword judge): 1 - their ASR;
+- the refusal rate on the harmless prompts (greedy responses, `--judge`): 1 - their ASR by a keyword judge, or the
+  share a response judge labels refusal;
 - the accuracy of greedy answers to held-out built-in arithmetic word problems.
 
 Writes utility.json and utility.png. Each finished setting is appended to utility.partial.jsonl, so an interrupted
@@ -63,9 +64,10 @@ def check_config(config) -> None:
     common.require_int(config, "max_new_tokens", "batch_size", "random_draws", "problems")
     common.require_int(config, "max_heads", "seed", "problem_seed", minimum=0)
     common.require(config, "harmless", bool, "a prompt source such as builtin:harmless:heldout")
+    common.check_judge(config)
 
 
-def evaluate_setting(model, heads, data, examples, problems, config, mesh) -> dict:
+def evaluate_setting(model, heads, data, examples, problems, config, mesh, judge=None) -> dict:
     """The three measures with `heads` ablated."""
     import jax.numpy as jnp
 
@@ -77,12 +79,13 @@ def evaluate_setting(model, heads, data, examples, problems, config, mesh) -> di
     interventions = from_mask(jnp.asarray(mask), config.ablation, config.epsilon) if mask.any() else None
     perplexity = utility.answer_perplexity(model, examples, interventions, batch_size=config.batch_size, mesh=mesh)
     refusals = asr.evaluate(model, data.queries, data.prompts, heads, kind=config.ablation, epsilon=config.epsilon,
-                            max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, mesh=mesh)
+                            judge=judge, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                            mesh=mesh)
     responses = utility.arithmetic_responses(model, problems, config.prompt_format, interventions,
                                              max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                              mesh=mesh)
     return {"perplexity": perplexity.perplexity, "cross_entropy": perplexity.cross_entropy,
-            "refusal_rate": 1.0 - refusals.asr, "arithmetic_accuracy": arithmetic_accuracy(problems, responses)}
+            "refusal_rate": refusals.refusal_rate, "arithmetic_accuracy": arithmetic_accuracy(problems, responses)}
 
 
 def reference_examples(model, data, config):
@@ -117,8 +120,11 @@ def run(config) -> dict:
         settings = common.head_settings(heads, model.config.num_layers, model.config.num_heads, max_heads,
                                  config.random_draws, config.seed)
         data = common.load_prompt_set(model, config.harmless, config.prompt_format, config.column, config.limit)
-        folder.check(common.fingerprint("utility", config, {"model": model}, {"harmless": data, "heads": heads}),
+        # A run judged by the default keyword judge records no judge, as runs did before --judge existed.
+        folder.check(common.fingerprint("utility", config, {"model": model}, {"harmless": data, "heads": heads},
+                                        exclude=("judge",) if config.judge == "keyword" else ()),
                      [LOG, ANSWERS])
+        judge = common.load_judge(config, model)
         mesh = common.device_mesh(config)
         examples, empty = reference_examples(model, data, config)
         problems = arithmetic_problems(config.problems, config.problem_seed)
@@ -127,7 +133,7 @@ def run(config) -> dict:
         for index, (name, k, ablated) in enumerate(settings):
             if index in done:
                 continue
-            measures = evaluate_setting(model, ablated, data, examples, problems, config, mesh)
+            measures = evaluate_setting(model, ablated, data, examples, problems, config, mesh, judge)
             done[index] = {"index": index, "name": name, "k": k, "heads": [list(h) for h in ablated], **measures}
             log.append(done[index])
             print(f"[{index + 1}/{len(settings)}] {name} k={k} {ablated}: perplexity {measures['perplexity']:.3f}, "
@@ -142,7 +148,7 @@ def run(config) -> dict:
                                       "examples": len(examples), "empty_answers_left_out": empty,
                                       "answer_tokens": sum(len(e.ids) - e.prompt_length for e in examples)},
                   "arithmetic": {"problems": len(problems), "seed": config.problem_seed},
-                  "judge": asr.judge_description(None), "generation": generation_settings(config),
+                  "judge": asr.judge_description(judge), "generation": generation_settings(config),
                   "axes": {f"summary.{measure}.{key}": ["k"] for measure in MEASURES
                            for key in ("chosen", "random_mean", "random_std")},
                   "summary": table, "evaluations": records, "settings": config.to_dict()}
