@@ -12,7 +12,10 @@ HELP = common.help_lines(
     top_k="With --top_k_from: heads ablated per prompt.",
     guard="Guard the model's input: builtin (the guard shipped for the default model) or a `jaxheads guard train` "
           "folder; Unsafe prompts get a refusal without running the model, Conditionally Safe ones a safety "
-          "preamble, Focused Attention ones are flagged; empty = no guard.",
+          "note after the request, Focused Attention ones are flagged; empty = no guard.",
+    screen="With --guard: screen each answer with the response judge (--judge=guard|DIR, else the shipped one when it "
+           "fits the guard's model) and withhold those it labels harmful compliance; false = no screening (the "
+           "shipped judge also withholds about one harmless answer in five, docs/guard.md).",
     out="Output folder.",
 )
 
@@ -24,5 +27,6 @@ def get_config():
     config.top_k_from = ""
     config.top_k = 1
     config.guard = ""
+    config.screen = True
     config.out = "runs/evaluate"
     return config

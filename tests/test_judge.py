@@ -320,3 +320,18 @@ def test_the_shipped_judge_loads_onto_the_default_model_and_beats_the_majority_l
     # Better than always answering the most frequent label of these rows.
     majority = max([row.label for row in rows].count(label) for label in JUDGE_LABELS) / len(rows)
     assert accuracy > majority, (accuracy, majority, labels)
+
+
+def test_evaluate_screens_guarded_answers_unless_told_not_to(monkeypatch):
+    """`evaluate --guard`: the guard screens answers with the given response judge, else the shipped one (AUTO);
+    `--screen=false` loads it without any."""
+    asked = []
+    monkeypatch.setattr(guard_lib, "load_guard", lambda spec, model=None, dtype="float32", mesh=None, judge=None:
+                        asked.append(judge) or "the guard")
+    given = object.__new__(ResponseJudge)
+    for screen, judge, expected in [(True, None, guard_lib.AUTO), (True, given, given), (False, given, None),
+                                    (False, None, None)]:
+        config = config_of(evaluate_config, guard="builtin", screen=screen)
+        assert evaluate_job.load_guard(config, model=None, judge=judge) == "the guard"
+        assert asked[-1] is expected
+    assert evaluate_job.load_guard(config_of(evaluate_config, guard=""), model=None) is None

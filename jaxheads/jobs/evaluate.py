@@ -94,13 +94,15 @@ def run(config) -> dict:
 def load_guard(config, model, judge=None):
     """The guard of `--guard` (None without one); its classifier shares `model`'s weights when the guard was
     trained on the model evaluated. Its answers are screened by `judge` when that is a response judge (`--judge`),
-    else by the shipped response judge when the guard was trained on the model that judge was trained on."""
+    else by the shipped response judge when the guard was trained on the model that judge was trained on; not at all
+    with `--screen=false`."""
     if not config.guard:
         return None
     from jaxheads import guard as guard_lib
 
     path = guard_lib.builtin_adapter_dir() if config.guard == guard_lib.BUILTIN else config.guard
     same = guard_lib.Adapter.load(path).model.get("spec", "") == common.adapter_spec(config.model)
-    screening = judge if isinstance(judge, guard_lib.ResponseJudge) else guard_lib.AUTO
+    screening = (None if not config.screen else
+                 judge if isinstance(judge, guard_lib.ResponseJudge) else guard_lib.AUTO)
     return guard_lib.load_guard(config.guard, model=model if same else None, dtype=config.dtype,
                                 mesh=common.device_mesh(config), judge=screening)
