@@ -267,6 +267,11 @@ def test_specificity_ranks_by_harmful_minus_harmless_and_dataset_level_ships_is_
         ships.run(config_of(ships_config, **common, specificity=1.0, out=str(tmp_path / "bad")))
 
 
+def write_json(path, value):
+    path.write_text(json.dumps(value))
+    return path
+
+
 def test_patterns_shows_the_last_positions_attention_of_chosen_heads(tiny_model_with_tokenizer, tmp_path):
     import jaxheads
     from jaxheads.configs import patterns as patterns_config
@@ -290,6 +295,11 @@ def test_patterns_shows_the_last_positions_attention_of_chosen_heads(tiny_model_
     top = patterns.run(config_of(patterns_config, model=model_dir, heads_from=str(tmp_path / "sahara.json"), top=2,
                                  limit=2, out=str(tmp_path / "from_sahara")))
     assert top["heads"] == [[1, 2], [0, 0]]
+    assert patterns.chosen_heads(config_of(patterns_config, heads_from=str(write_json(tmp_path / "heads.json", {
+        "heads": [[2, 2], [1, 0]]})), top=3)) == [(2, 2), (1, 0)]  # a file that only names its heads
+    with pytest.raises(JaxheadsError, match="holds no"):
+        patterns.chosen_heads(config_of(patterns_config, heads_from=str(write_json(tmp_path / "other.json",
+                                                                                   {"note": 1}))))
     with pytest.raises(JaxheadsError, match="either as --heads"):
         patterns.run(config_of(patterns_config, model=model_dir, out=str(tmp_path / "neither")))
 

@@ -35,9 +35,10 @@ def chosen_heads(config) -> list[tuple[int, int]]:
     if config.heads:
         return parse_heads(config.heads)
     result = io.read_json(config.heads_from)
-    if "steps" in result:
+    if "heads" in result:  # a sahara.json (or any file naming its chosen heads)
         return [tuple(head) for head in result["heads"]][:config.top]
-    table = np.array(result.get("specific") or result.get("mean") or result["scores"], float)
+    scores = result.get("specific") or result.get("mean") or result.get("scores")
+    table = np.array(scores if scores is not None else [], float)
     if table.ndim != 2:
         raise JaxheadsError(f"{config.heads_from} holds no [layer, head] score table")
     order = np.argsort(-table, axis=None, kind="stable")[:config.top]
