@@ -105,6 +105,18 @@ def word_tokenizer(texts):
     return tokenizer
 
 
+def save_word_llama(directory, texts, seed=0, **overrides):
+    """A tiny random Llama checkpoint (TINY, with `overrides`) and a word-level tokenizer over `texts`, saved in
+    `directory` as a Hugging Face folder."""
+    tokenizer = word_tokenizer(texts)
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(**{**TINY, "vocab_size": len(tokenizer), **overrides}, num_key_value_heads=2,
+                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    transformers.LlamaForCausalLM(config).eval().save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_model_with_tokenizer(tmp_path_factory):
     """A tiny random Llama checkpoint directory with a word-level tokenizer covering the built-in prompts."""
@@ -112,12 +124,5 @@ def tiny_model_with_tokenizer(tmp_path_factory):
     from jaxheads.data.formats import TEMPLATE
 
     texts = [r["prompt"] for name in ("harmful", "harmless") for r in load_builtin_records(name)]
-    tokenizer = word_tokenizer(texts + load_refusals() + [TEMPLATE.format(query="")])
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(**{**TINY, "vocab_size": len(tokenizer)}, num_key_value_heads=2,
-                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = transformers.LlamaForCausalLM(config).eval()
-    directory = tmp_path_factory.mktemp("tiny_with_tokenizer")
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_word_llama(tmp_path_factory.mktemp("tiny_with_tokenizer"),
+                           texts + load_refusals() + [TEMPLATE.format(query="")])

@@ -13,11 +13,9 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-import transformers
 
 import jaxheads
-from conftest import TINY, word_tokenizer
+from conftest import save_word_llama
 from jaxheads import guard as guard_lib
 from jaxheads.configs import evaluate as evaluate_config
 from jaxheads.configs import guard_classify as classify_config
@@ -46,15 +44,8 @@ def config_of(module, **values):
 
 def save_tiny(directory, layers=3, seed=0):
     texts = [r["prompt"] for name in ("harmful", "harmless", "guard") for r in load_builtin_records(name)]
-    tokenizer = word_tokenizer(texts + load_refusals() + [guard_lib.GUARD_TEMPLATE, guard_lib.SAFETY_PREAMBLE]
-                               + [prompt for prompt, _ in TOY] + ["## Query: ## Answer:"])
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(**{**TINY, "vocab_size": len(tokenizer), "num_hidden_layers": layers},
-                                      num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id,
-                                      pad_token_id=tokenizer.pad_token_id)
-    transformers.LlamaForCausalLM(config).eval().save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_word_llama(directory, texts + load_refusals() + [guard_lib.GUARD_TEMPLATE, guard_lib.SAFETY_PREAMBLE]
+                           + [prompt for prompt, _ in TOY] + ["## Query: ## Answer:"], seed, num_hidden_layers=layers)
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
-import transformers
 
 import jaxheads
-from conftest import TINY, word_tokenizer
+from conftest import save_word_llama
 from jaxheads import guard as guard_lib
 from jaxheads.configs import evaluate as evaluate_config
 from jaxheads.configs import judge_eval as judge_eval_config
@@ -47,14 +45,7 @@ def save_tiny(directory, layers=3, seed=0):
     """A tiny random Llama whose word-level tokenizer covers both templates, the refusals and the toy texts."""
     texts = [guard_lib.GUARD_TEMPLATE, guard_lib.JUDGE_TEMPLATE, guard_lib.SAFETY_PREAMBLE, "## Query: ## Answer:"]
     texts += load_refusals() + [f"{p} {r}" for p, r, _ in TOY] + list(KEYWORD_GUARD.values())
-    tokenizer = word_tokenizer(texts)
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(**{**TINY, "vocab_size": len(tokenizer), "num_hidden_layers": layers},
-                                      num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id,
-                                      pad_token_id=tokenizer.pad_token_id)
-    transformers.LlamaForCausalLM(config).eval().save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_word_llama(directory, texts, seed, num_hidden_layers=layers)
 
 
 @pytest.fixture(scope="module")
