@@ -389,13 +389,7 @@ def _file_labels(path: str) -> list | None:
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in (".csv", ".json", ".jsonl"):
         return None
-    with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
-        if suffix == ".csv":
-            entries = list(csv.DictReader(handle))
-        elif suffix == ".json":
-            entries = json.load(handle)
-        else:
-            entries = [json.loads(line) for line in handle if line.strip()]
+    entries = _file_entries(path, suffix)
     if not any(isinstance(entry, dict) and LABEL_COLUMN in entry for entry in entries):
         return None
     return [entry.get(LABEL_COLUMN) if isinstance(entry, dict) else None for entry in entries]
