@@ -28,6 +28,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
+def atomic_write_jsonl(path: str | os.PathLike, records) -> None:
+    """Writes `records` as JSON Lines (one `json.dumps` per record) atomically, as `atomic_write_text`."""
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Writes `obj` as indented JSON (numpy arrays and scalars as lists and numbers) atomically. NaN/inf and
     objects JSON cannot hold are errors raised before anything is written."""

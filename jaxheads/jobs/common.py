@@ -91,9 +91,7 @@ def write_disagreements(path: str, result) -> str | None:
     JSONL to `path`; nothing without a response judge. Returns the path written or None."""
     if result.disagreements is None:
         return None
-    import json
-
-    io.atomic_write_text(path, "".join(json.dumps(line) + "\n" for line in result.disagreements))
+    io.atomic_write_jsonl(path, result.disagreements)
     return path
 
 

@@ -5,7 +5,6 @@ each prompt's own top-k heads of a ships.json (`top_k_from`, whose prompts are t
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -66,8 +65,7 @@ def run(config) -> dict:
                               epsilon=config.epsilon, judge=judge, max_new_tokens=config.max_new_tokens,
                               batch_size=config.batch_size, progress=True, mesh=common.device_mesh(config),
                               guard=guard, prompt_format=prompt_format)
-        io.atomic_write_text(os.path.join(config.out, "generations.jsonl"),
-                             "".join(json.dumps(record) + "\n" for record in result.records))
+        io.atomic_write_jsonl(os.path.join(config.out, "generations.jsonl"), result.records)
         common.write_disagreements(os.path.join(config.out, DISAGREEMENTS), result)
         ablated = f"top-{config.top_k} per prompt" if per_prompt else [list(head) for head in heads]
         output = {**common.shape_fields(model, result.n), "dataset": dataset, **result.summary(),

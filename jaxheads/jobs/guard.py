@@ -340,12 +340,13 @@ def judge_and_write(judge, rows, out: str, config, dataset: str, batch_size: int
         if row.label is not None:
             line["label"] = row.label
         lines.append(line)
-    io.atomic_write_text(os.path.join(out, JUDGE_LINES), "".join(json.dumps(line) + "\n" for line in lines))
+    io.atomic_write_jsonl(os.path.join(out, JUDGE_LINES), lines)
+
     def most_confident(disagreeing, path):
         disagreeing = sorted(disagreeing, key=lambda line: -line["probs"][line["judge_label"]])
         shown = [{**line, "judge_probability": line["probs"][line["judge_label"]]}
                  for line in disagreeing[:config.disagreements]]
-        io.atomic_write_text(os.path.join(out, path), "".join(json.dumps(line) + "\n" for line in shown))
+        io.atomic_write_jsonl(os.path.join(out, path), shown)
         return len(shown)
 
     # On refusal (keyword "refused" vs label refusal), and on attack success (keyword "not refused" vs label

@@ -6,7 +6,6 @@ finished setting is appended to sahara_asr.partial.jsonl, so an interrupted run 
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -107,8 +106,7 @@ def run(config) -> dict:
         disagreements = [{"setting": record["index"], "name": record["name"], "k": record["k"], **line}
                          for record in records for line in record.pop("judge_disagreements", [])]
         if disagreements:  # with a response judge: where it and the keyword judge disagree, per setting
-            io.atomic_write_text(os.path.join(config.out, DISAGREEMENTS),
-                                 "".join(json.dumps(line) + "\n" for line in disagreements))
+            io.atomic_write_jsonl(os.path.join(config.out, DISAGREEMENTS), disagreements)
         table = summary(records, max_heads)
         output = {**common.shape_fields(model, len(prompts)), "dataset": dataset,
                   "heads_from": os.path.abspath(config.top_k_from or config.sahara),

@@ -4,7 +4,6 @@ evaluation on prompt sets, harmful answers from an unaligned model, and the trai
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 from jaxheads.jobs import common
@@ -42,7 +41,7 @@ def refusal_eval(model, source: str, config, out_path: str, limit: int = 0, prom
     result = asr.evaluate(model, data.queries, data.prompts, judge=judge or config.judge,
                           max_new_tokens=config.eval_tokens, batch_size=config.eval_batch_size, progress=True,
                           mesh=common.device_mesh(config))
-    io.atomic_write_text(out_path, "".join(json.dumps(record) + "\n" for record in result.records))
+    io.atomic_write_jsonl(out_path, result.records)
     folder, name = os.path.split(out_path)
     common.write_disagreements(os.path.join(folder, "judge_disagreements_" + name.removeprefix("generations_")),
                                result)
