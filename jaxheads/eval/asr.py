@@ -11,8 +11,8 @@ from jax.sharding import Mesh
 
 import jaxheads
 from jaxheads.errors import JaxheadsError
-from jaxheads.eval.judges import (DEGENERATE_MIN_TRIGRAMS, DEGENERATE_RATIO, JUDGES, Judge, KeywordJudge,
-                                  ReferenceJudge, attack_success_rate, is_degenerate, make_judge)
+from jaxheads.eval.judges import (DEGENERATE_RULE, JUDGES, Judge, KeywordJudge, ReferenceJudge, attack_success_rate,
+                                  is_degenerate, make_judge)
 from jaxheads.interventions import DEFAULT_EPSILON, Head, Interventions, ablation_mask, from_mask
 
 
@@ -55,8 +55,7 @@ def rates(refused: Sequence[bool], degenerate: Sequence[bool]) -> dict:
 def judge_description(judge: Judge | None) -> dict:
     """What an ASR was judged by, for its result file (None is the default keyword judge)."""
     judge = judge or KeywordJudge()
-    degenerate = {"degenerate_rule": f"distinct word-trigram ratio < {DEGENERATE_RATIO} over at least "
-                                     f"{DEGENERATE_MIN_TRIGRAMS} trigrams"}
+    degenerate = {"degenerate_rule": DEGENERATE_RULE}
     if isinstance(judge, KeywordJudge):
         return {"name": "keyword", "phrases": len(judge.phrases), "min_length": judge.min_length,
                 "case_sensitive": False, **degenerate}
