@@ -232,8 +232,21 @@ def test_sahara_asr_compares_with_random_heads_and_resumes(tiny_model_with_token
     single = evaluate.run(config_of(evaluate_config, model=model, limit=3, max_new_tokens=4, ablate="2:3,0:1",
                                     out=str(tmp_path / "eval")))
     assert single["asr"] == evaluations[2]["asr"]
-    sahara_asr.run(config)  # every setting is done
+    # Every response of every setting is kept, with its ablated heads, and the same responses as that evaluation.
+    lines = [json.loads(line) for line in (tmp_path / "compare" / "generations.jsonl").read_text().splitlines()]
+    assert [(line["setting"], line["name"], line["k"]) for line in lines] == [
+        (s["index"], s["name"], s["k"]) for s in evaluations for _ in range(3)]
+    assert all(line["ablated"] == evaluations[line["setting"]]["heads"] for line in lines)
+    for setting in evaluations:
+        shown = [line for line in lines if line["setting"] == setting["index"]]
+        assert sum(not line["refused"] for line in shown) / 3 == setting["asr"]
+        assert sum(line["degenerate"] for line in shown) / 3 == setting["degenerate_share"]
+    single_generations = (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()
+    assert [json.loads(line)["response"] for line in single_generations] == [
+        line["response"] for line in lines if line["setting"] == 2]
+    sahara_asr.run(config)  # every setting is done; the generations come back from the log
     assert len((tmp_path / "compare" / "sahara_asr.partial.jsonl").read_text().splitlines()) == 7
+    assert (tmp_path / "compare" / "generations.jsonl").read_text().splitlines() == [json.dumps(line) for line in lines]
     (tmp_path / "sahara.json").write_text(json.dumps({"heads": [[1, 1], [0, 1]]}))  # another search's heads
     with pytest.raises(JaxheadsError, match=r"data\.heads\.sha256"):
         sahara_asr.run(config)

@@ -1,8 +1,9 @@
 """`jaxheads sahara_asr`: ASR with Sahara's first k heads ablated (k = 1..K) next to k random heads (the mean of
 several draws), the control that shows whether the heads Sahara found matter more than any heads; writes
-sahara_asr.json and sahara_asr.png. With `top_k_from` (a ships.json) the same comparison runs per prompt: each
-prompt's own top-k query-level heads next to k random heads drawn for each prompt (outside its own top K). Each
-finished setting is appended to sahara_asr.partial.jsonl, so an interrupted run resumes with the next one."""
+sahara_asr.json, sahara_asr.png and generations.jsonl (every response with its setting and verdicts). With
+`top_k_from` (a ships.json) the same comparison runs per prompt: each prompt's own top-k query-level heads next to
+k random heads drawn for each prompt (outside its own top K). Each finished setting is appended to
+sahara_asr.partial.jsonl, so an interrupted run resumes with the next one."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from jaxheads.jobs import common
 from jaxheads.jobs.evaluate import DISAGREEMENTS, generation_settings
 
 LOG = "sahara_asr.partial.jsonl"
+GENERATIONS = "generations.jsonl"
 
 
 def summary(records: list[dict], max_heads: int, key: str = "asr") -> dict:
@@ -98,6 +100,7 @@ def run(config) -> dict:
                            **{key: value for key, value in result.summary().items() if key not in ("n", "judge")}}
             if result.disagreements is not None:
                 done[index]["judge_disagreements"] = result.disagreements
+            done[index]["generations"] = result.records
             log.append(done[index])
             shown = f"{k} per prompt" if per_prompt else heads
             print(f"[{index + 1}/{len(settings)}] {name} k={k} {shown}: ASR {result.asr:.3f}, degenerate "
@@ -105,6 +108,10 @@ def run(config) -> dict:
         records = [done[i] for i in range(len(settings))]
         disagreements = [{"setting": record["index"], "name": record["name"], "k": record["k"], **line}
                          for record in records for line in record.pop("judge_disagreements", [])]
+        # every response of every setting, to read what the ablated model said and to judge it again later
+        io.atomic_write_jsonl(os.path.join(config.out, GENERATIONS),
+                              [{"setting": record["index"], "name": record["name"], "k": record["k"], **line}
+                               for record in records for line in record.pop("generations", [])])
         if disagreements:  # with a response judge: where it and the keyword judge disagree, per setting
             io.atomic_write_jsonl(os.path.join(config.out, DISAGREEMENTS), disagreements)
         table = summary(records, max_heads)
@@ -127,5 +134,5 @@ def run(config) -> dict:
         print(f"k={k}: {output['chosen']} ASR {table['sahara'][k - 1]:.3f} (degenerate {broken['sahara'][k - 1]:.3f}), random ASR "
               f"{table['random_mean'][k - 1]:.3f} ± {table['random_std'][k - 1]:.3f} (degenerate "
               f"{broken['random_mean'][k - 1]:.3f}); no ablation {table['none']:.3f}")
-    print(f"wrote {config.out}/sahara_asr.json and sahara_asr.png")
+    print(f"wrote {config.out}/sahara_asr.json, sahara_asr.png and {GENERATIONS}")
     return output
