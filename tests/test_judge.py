@@ -67,8 +67,8 @@ def test_builtin_judge_splits_and_a_labelled_file(tmp_path):
     records = load_builtin_records("judge")
     train, heldout, every = (load_responses("builtin:judge:train"), load_responses("builtin:judge:heldout"),
                              load_responses("builtin:judge"))
-    assert len(every) == len(records) == 340
-    assert len(train) == sum(r["split"] == "train" for r in records) and len(heldout) == 340 - len(train)
+    assert len(every) == len(records) == 450
+    assert len(train) == sum(r["split"] == "train" for r in records) and len(heldout) == 450 - len(train)
     assert {row.label for row in heldout} == set(JUDGE_LABELS) == {row.label for row in train}
     first = next(r for r in records if r["split"] == "heldout")
     assert (heldout[0].prompt, heldout[0].response, heldout[0].label) == (first["prompt"], first["response"],
@@ -95,6 +95,12 @@ def test_builtin_judge_splits_and_a_labelled_file(tmp_path):
     missing = write_jsonl(tmp_path / "missing.jsonl", [{"prompt": "a", "label": "refusal"}])
     with pytest.raises(DataError, match=r"row 0 of .*missing\.jsonl has no response"):
         load_responses(str(missing))
+    no_prompt = write_jsonl(tmp_path / "no_prompt.jsonl", [{"prompt": " ", "response": "b", "label": "refusal"}])
+    with pytest.raises(DataError, match=r"row 0 of .*no_prompt\.jsonl has no prompt"):
+        load_responses(str(no_prompt))
+    # a model that said nothing gave an empty response: that is a labelled non-answer, not a broken row
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"prompt": "a", "response": " \n", "label": "non_answer"}])
+    assert [(row.response, row.label) for row in load_responses(str(empty))] == [("", "non_answer")]
     unlabelled = write_jsonl(tmp_path / "unlabelled.jsonl", [{"prompt": "a", "response": "b"}])
     with pytest.raises(DataError, match="gives its responses no labels"):
         load_responses(str(unlabelled))

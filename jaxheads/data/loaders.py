@@ -20,7 +20,7 @@ Labelled sets (`load_labelled`): `builtin:guard` (optionally `:train` / `:heldou
 four guard tiers each (docs/guard.md); a .csv/.json/.jsonl file with a `tier` column; or any prompt set whose
 prompts all get one tier given with it (`tier=`).
 
-Labelled responses (`load_responses`): `builtin:judge` (optionally `:train` / `:heldout`), 340 (prompt, response)
+Labelled responses (`load_responses`): `builtin:judge` (optionally `:train` / `:heldout`), 450 (prompt, response)
 pairs with one of the four response-judge labels each (docs/judge.md); or a .csv/.json/.jsonl file with `prompt`,
 `response` and (optionally) `label` columns; jaxheads' own generations*.jsonl files (query, response) too.
 """
@@ -357,9 +357,10 @@ def _file_responses(path: str, required: bool) -> list[LabelledPrompt]:
         values = {}
         for name, column in (("prompt", prompt_column), ("response", RESPONSE_COLUMN)):
             value = entry.get(column)
-            if not isinstance(value, str) or not value.strip():
+            # An empty response is data (a model can say nothing, which is a non-answer); a missing one is not.
+            if not isinstance(value, str) or (name == "prompt" and not value.strip()):
                 raise DataError(f"row {index} of {path} has no {name} (column {column!r}: {value!r}); every row needs "
-                                "a non-empty prompt and response")
+                                "a non-empty prompt and a response (which may be empty)")
             values[name] = value.strip()
         label = (normalise_label(entry.get(JUDGE_LABEL_COLUMN), JUDGE_LABELS, f"row {index} of {path}", "label")
                  if labelled else None)
