@@ -44,7 +44,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxheads.data.loaders import GUARD_TIERS, JUDGE_LABELS, LabelledPrompt
+from jaxheads.data.loaders import GUARD_TIERS, JUDGE_LABELS, RESPONSE_COLUMN, LabelledPrompt
 from jaxheads.errors import DataError, JaxheadsError, LoadError
 
 TIERS = GUARD_TIERS
@@ -127,7 +127,8 @@ class Task:
         if not isinstance(values, dict) or set(values) != set(self.fields):
             raise DataError(f"task {self.name!r} needs the fields {', '.join(self.fields)} per input, got {item!r}")
         for name, value in values.items():
-            if not isinstance(value, str) or not value.strip():
+            # a model can answer with nothing, and the judge has to label that too (a non-answer)
+            if not isinstance(value, str) or (name != RESPONSE_COLUMN and not value.strip()):
                 raise DataError(f"the {name} of an input must be non-empty text, got {value!r}")
         return self.template.format(**values)
 

@@ -75,6 +75,13 @@ def test_builtin_judge_splits_and_a_labelled_file(tmp_path):
                                                                           first["label"])
     assert heldout[0].item == {"prompt": first["prompt"], "response": first["response"]}
     assert JUDGE_TASK.format(heldout[0].item).endswith(f"Response: {first['response']}\nLabel:")
+    # a model that said nothing is labelled too; a missing request is an error
+    assert JUDGE_TASK.format({"prompt": "Hi?", "response": ""}).endswith("Request: Hi?\nResponse: \nLabel:")
+    with pytest.raises(DataError, match="the prompt of an input must be non-empty text"):
+        JUDGE_TASK.format({"prompt": " ", "response": "Hello."})
+    with pytest.raises(DataError, match="the prompt of an input must be non-empty text"):
+        guard_lib.GUARD_TASK.format("")
+    assert any(record["response"] == "" and record["label"] == "non_answer" for record in records)
     assert len(load_responses("builtin:judge:heldout", limit=5)) == 5
     with pytest.raises(DataError, match="holds labelled responses"):
         load_labelled("builtin:judge")
