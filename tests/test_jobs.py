@@ -209,7 +209,7 @@ def test_evaluate_bad_inputs(tiny_model_with_tokenizer, tmp_path, values, messag
         evaluate.run(config)
 
 
-def test_sahara_asr_compares_with_random_heads_and_resumes(tiny_model_with_tokenizer, tmp_path):
+def test_sahara_asr_compares_with_random_heads_and_resumes(tiny_model_with_tokenizer, tmp_path, monkeypatch):
     model = str(tiny_model_with_tokenizer)
     sahara_heads = [[2, 3], [0, 1]]
     (tmp_path / "sahara.json").write_text(json.dumps({"heads": sahara_heads}))
@@ -247,6 +247,10 @@ def test_sahara_asr_compares_with_random_heads_and_resumes(tiny_model_with_token
     sahara_asr.run(config)  # every setting is done; the generations come back from the log
     assert len((tmp_path / "compare" / "sahara_asr.partial.jsonl").read_text().splitlines()) == 7
     assert (tmp_path / "compare" / "generations.jsonl").read_text().splitlines() == [json.dumps(line) for line in lines]
+    monkeypatch.setattr(sahara_asr, "DEGENERATE_RULE", "another rule")  # results logged under another rule
+    with pytest.raises(JaxheadsError, match=r"data\.degenerate_rule"):
+        sahara_asr.run(config)
+    monkeypatch.undo()
     (tmp_path / "sahara.json").write_text(json.dumps({"heads": [[1, 1], [0, 1]]}))  # another search's heads
     with pytest.raises(JaxheadsError, match=r"data\.heads\.sha256"):
         sahara_asr.run(config)

@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxheads import io, plots
 from jaxheads.errors import JaxheadsError
+from jaxheads.eval.judges import DEGENERATE_RULE
 from jaxheads.jobs import common
 from jaxheads.jobs.evaluate import DISAGREEMENTS, generation_settings
 
@@ -83,8 +84,11 @@ def run(config) -> dict:
             max_heads = config.max_heads or len(source["heads"])
             settings = common.head_settings([tuple(head) for head in source["heads"]], cfg.num_layers, cfg.num_heads,
                                             max_heads, config.random_draws, config.seed, "sahara")
+        # the rule that marks responses degenerate is part of each logged result: a log written under another
+        # rule is not resumed into this one
         folder.check(common.fingerprint("sahara_asr", config, {"model": model},
-                                        {"prompts": prompts, "heads": heads_data}), [LOG])
+                                        {"prompts": prompts, "heads": heads_data, "degenerate_rule": DEGENERATE_RULE}),
+                     [LOG])
         log = io.JsonlLog(os.path.join(config.out, LOG))
         done = {record["index"]: record for record in log.read()}
         mesh = common.device_mesh(config)
