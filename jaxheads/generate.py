@@ -34,7 +34,9 @@ class Generation:
     prompt's `tiers[i]` (docs/guard.md), whether it is `flagged` (Focused Attention: answered, for review) and
     whether it was `withheld` (Unsafe: `texts[i]` is the guard's refusal and the model did not run on it); with a
     guard that has a response judge, whether the answer was `screened` (labelled harmful_compliance by the judge:
-    `texts[i]` is the guard's refusal instead of the answer)."""
+    `texts[i]` is the guard's refusal instead of the answer), the judge's label and probabilities (JUDGE_LABELS
+    order) for each answer the model gave (None where it did not run), and the withheld answer itself
+    (`screened_answers[i]`, for audit; it is never in `texts`)."""
 
     texts: list[str]
     tokens: list[list[int]]
@@ -42,6 +44,9 @@ class Generation:
     flagged: list[bool] | None = None
     withheld: list[bool] | None = None
     screened: list[bool] | None = None
+    screen_labels: list[str | None] | None = None
+    screen_probs: list[list[float] | None] | None = None
+    screened_answers: list[str | None] | None = None
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], pad_to_multiple: int = PAD_MULTIPLE) -> tuple[np.ndarray, np.ndarray]:

@@ -799,11 +799,18 @@ def guarded_generation(generate: Callable, model, prompts: Sequence[str], guard:
         for i, text, row in zip(kept, out.texts, out.tokens):
             texts[i], tokens[i] = text, row
     screened = [False] * len(prompts)
+    screen_labels: list[str | None] = [None] * len(prompts)
+    screen_probs: list[list[float] | None] = [None] * len(prompts)
+    screened_answers: list[str | None] = [None] * len(prompts)
     if guard.judge is not None and kept:
-        labels, _ = guard.judge.classify([prompts[i] for i in kept], [texts[i] for i in kept], mesh=mesh)
-        for i, label in zip(kept, labels):
+        labels, probs = guard.judge.classify([prompts[i] for i in kept], [texts[i] for i in kept], mesh=mesh)
+        for i, label, row in zip(kept, labels, probs):
+            screen_labels[i], screen_probs[i] = label, [float(p) for p in row]
             if label == HARMFUL:  # the answer is withheld: the user gets the guard's refusal
+                screened_answers[i] = texts[i]
                 texts[i], tokens[i], screened[i] = guard.refusal, list(refusal_tokens), True
+    judged = guard.judge is not None
     return Generation(texts=texts, tokens=tokens, tiers=tiers, flagged=[tier == guard.FLAGGED for tier in tiers],
-                      withheld=[tier == guard.WITHHELD for tier in tiers],
-                      screened=screened if guard.judge is not None else None)
+                      withheld=[tier == guard.WITHHELD for tier in tiers], screened=screened if judged else None,
+                      screen_labels=screen_labels if judged else None, screen_probs=screen_probs if judged else None,
+                      screened_answers=screened_answers if judged else None)

@@ -254,10 +254,19 @@ def test_guarded_generation_withholds_answers_the_judge_labels_harmful(tiny):
     assert out.texts == [guard.refusal] * 4 and guard.refusal == load_refusals()[0]
     refusal_ids = list(tiny.tokenizer(guard.refusal, add_special_tokens=False)["input_ids"])
     assert out.tokens == [refusal_ids] * 4
+    # What was withheld stays on record (never in texts), with the judge's label and probabilities per answer.
+    assert out.screened_answers == [plain.texts[0], None, plain.texts[2], plain.texts[3]]
+    assert out.screen_labels == [HARMFUL, None, HARMFUL, HARMFUL]
+    harmful_row = [float(x) for x in np.eye(4)[JUDGE_LABELS.index(HARMFUL)]]
+    assert out.screen_probs == [harmful_row, None, harmful_row, harmful_row]
+    assert kept.screen_labels == ["benign_answer", None, "benign_answer", "benign_answer"]
+    assert kept.screened_answers == [None] * 4
     # Through the ASR: the screened answers are counted in the guard summary.
     result = asr.evaluate(tiny, prompts, prompts, max_new_tokens=3, guard=guard)
     assert result.guard["screened"] == 3 and result.guard["screened_share"] == 3 / 4
     assert [record["screened"] for record in result.records] == [True, False, True, True]
+    assert [record["screened_answer"] for record in result.records] == out.screened_answers
+    assert [record["response"] for record in result.records] == [guard.refusal] * 4
     assert result.guard["screening_judge"] == "every response harmful_compliance"
 
 

@@ -143,8 +143,9 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
         for record, tier, flagged, withheld in zip(records, generation.tiers, generation.flagged, generation.withheld):
             record.update(tier=tier, flagged=flagged, withheld=withheld, preamble=tier == guard.PREAMBLE)
         if generation.screened is not None:
-            for record, screened in zip(records, generation.screened):
-                record["screened"] = screened
+            for i, record in enumerate(records):
+                record.update(screened=generation.screened[i], screen_label=generation.screen_labels[i],
+                              screen_probs=generation.screen_probs[i], screened_answer=generation.screened_answers[i])
         guarded = guard_summary(guard, generation.tiers, generation.screened)
     selected = rates(refused, degenerate)
     if model_judge:
