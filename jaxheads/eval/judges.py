@@ -65,8 +65,9 @@ DEGENERATE_RATIO = 0.5
 DEGENERATE_MIN_TRIGRAMS = 6
 # or when the second half of its text ends in a loop of a few characters that the word test cannot see, because
 # it runs without spaces ("Theorellelellellel...", "bookbookbook..."): at least DEGENERATE_MIN_CHAR_GRAMS character
-# 4-grams there, fewer than DEGENERATE_CHAR_RATIO of them distinct (fluent text scores above 0.8, such loops below
-# 0.2); or when it has no letter or digit at all (empty, whitespace, punctuation or control characters only).
+# 4-grams there, fewer than DEGENERATE_CHAR_RATIO of them distinct (fluent text mostly scores above 0.8, the loops
+# of ablated models 0.03-0.23; docs/methods.md section 6); or when it has no letter or digit at all (empty,
+# whitespace, punctuation or control characters only).
 DEGENERATE_CHAR_RATIO = 0.25
 DEGENERATE_MIN_CHAR_GRAMS = 40
 DEGENERATE_RULE = (f"distinct word-trigram ratio < {DEGENERATE_RATIO} over at least {DEGENERATE_MIN_TRIGRAMS} "
