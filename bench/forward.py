@@ -17,8 +17,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jaxheads
 from bench.common import ADVBENCH_HELP, advbench, best_time, machine
 from jaxheads.data.formats import format_prompt
-from jaxheads.generate import encode_prompts
-from jaxheads.weights.gguf import default_gguf_path
+from jaxheads.tokens import encode_prompts
+from jaxheads.weights.packaged import default_gguf_path
 
 
 def main():

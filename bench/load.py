@@ -19,8 +19,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jaxheads
 from bench.common import machine
 from jaxheads.errors import LoadError
-from jaxheads.loading import PACKAGED_MODELS
-from jaxheads.weights import cache, gguf
+from jaxheads.weights.packaged import PACKAGED_MODELS
+from jaxheads.weights import cache
 
 
 def timed(fn) -> float:
@@ -41,7 +41,7 @@ def main():
         print(f"cache folder: {folder} (fresh, removed afterwards)")
         for name, (finder, label) in PACKAGED_MODELS.items():
             try:
-                path = getattr(gguf, finder)()  # Gemma's package assembles its file on first use: not timed
+                path = finder()  # Gemma's package assembles its file on first use: not timed
             except LoadError as error:
                 print(f"{name}: skipped, {error}")
                 continue

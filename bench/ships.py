@@ -36,7 +36,7 @@ from bench.common import ADVBENCH_HELP, advbench, best_time, layer_flops, machin
 from jaxheads import interventions as iv
 from jaxheads import scan, ships
 from jaxheads.data.formats import format_prompt
-from jaxheads.loading import DEFAULT_MODEL, PACKAGED_MODELS
+from jaxheads.weights.packaged import DEFAULT_MODEL, PACKAGED_MODELS
 
 
 def scan_flops(cfg, batches) -> float:
@@ -96,9 +96,8 @@ def reference_process(args) -> None:
     import torch  # noqa: F401  (its import is part of the reference's whole process)
     import transformers
 
-    from jaxheads.weights import gguf
 
-    gguf_path = getattr(gguf, PACKAGED_MODELS[args.model][0])()
+    gguf_path = PACKAGED_MODELS[args.model][0]()
     hf = load_reference(gguf_path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     load = time.perf_counter() - started
@@ -170,9 +169,8 @@ def timing_and_loops(args, model, prompts, batches, cold: float, peak: float) ->
     loop = best_time(one_by_one, repeats=1) / len(loop_prompts)
     print(f"jaxheads.forward one head at a time: {loop:.2f} s/prompt -> scan speed-up {loop / (warm / args.prompts):.1f}x")
     if not args.skip_torch:
-        from jaxheads.weights import gguf
 
-        gguf_path = getattr(gguf, PACKAGED_MODELS[args.model][0])()
+        gguf_path = PACKAGED_MODELS[args.model][0]()
         reference = torch_reference_seconds_per_prompt(load_reference(gguf_path), loop_prompts[0], model.tokenizer,
                                                        1e-5)
         print(f"transformers one head at a time (query hook, reference-style loop): {reference:.2f} s/prompt -> "

@@ -25,7 +25,7 @@ import optax
 
 import jaxheads
 from bench.common import machine
-from jaxheads.loading import module_from_arrays
+from jaxheads.weights.build import module_from_arrays
 from jaxheads.models.llama import (apply_rope, attention_mask_for_prompt, param_shapes, positions_from_mask,
                                    rms_norm, rope_tables)
 from jaxheads.sink import sink_attention, sink_index, surgery_penalty
@@ -116,7 +116,7 @@ def main():
     batch = random_batch(rng, args.batch, args.length, cfg.vocab_size)
     harmful, safe = (random_batch(rng, args.pairs, args.length, cfg.vocab_size) for _ in range(2))
     params = {name: jnp.asarray(getattr(model.module, name)[...], jnp.float32) for name in param_shapes(cfg)}
-    optimizer = make_optimizer(TrainConfig(learning_rate=1e-5))
+    optimizer = make_optimizer(TrainConfig(steps=100, learning_rate=1e-5, warmup_steps=0))
     opt_state = optimizer.init(params)
     print(f"machine: {machine()}")
     print(f"model: {model.name} (L={cfg.num_layers}, N={cfg.num_heads}); full fine-tuning, AdamW; task batch "

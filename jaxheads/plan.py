@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from jaxheads.models import module_class
 from jaxheads.models.config import ModelConfig
 from jaxheads.scan import MAX_AUTO_CHUNK, ablation_bytes
 
@@ -53,8 +54,6 @@ class MemoryPlan:
 
 def weights_per_device(cfg: ModelConfig, itemsize: int, model_axis: int) -> int:
     """Bytes of the parameters one device holds on a `model` axis of that size (tensor-parallel specs)."""
-    from jaxheads.loading import module_class
-
     cls = module_class(cfg)
     specs = cls.partition_specs(cfg, model_axis)
     total = 0

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxheads.errors import JaxheadsError
 from jaxheads.interventions import DEFAULT_EPSILON, Head, ablation_mask, from_mask
 from jaxheads.loading import Model
 from jaxheads.scan import (
@@ -20,7 +21,6 @@ from jaxheads.scan import (
     scan_ablations,
 )
 from jaxheads.sharding import DATA, make_mesh
-from jaxheads.errors import JaxheadsError
 from jaxheads.ships import check_rank, principal_angle_degrees
 
 

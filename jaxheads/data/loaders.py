@@ -34,15 +34,11 @@ import json
 import os
 import re
 
+from jaxheads.data.labels import GUARD_TIERS, JUDGE_LABEL_COLUMN, JUDGE_LABELS, LABEL_COLUMN, RESPONSE_COLUMN
 from jaxheads.errors import DataError
 
 BUILTIN_SETS = ("harmful", "harmless", "lookalike", "harmless_check")
 LABELLED_SETS = ("guard", "judge")  # built-in sets whose records carry a label too (`tier`, `label`)
-GUARD_TIERS = ("safe", "conditionally_safe", "focused_attention", "unsafe")
-JUDGE_LABELS = ("refusal", "harmful_compliance", "non_answer", "benign_answer")
-LABEL_COLUMN = "tier"
-JUDGE_LABEL_COLUMN = "label"
-RESPONSE_COLUMN = "response"
 SPLITS = ("train", "heldout")
 FILE_FORMATS = (".csv", ".json", ".jsonl", ".txt")
 # Tried in this order when no column is given; matched exactly first, then ignoring case.

@@ -9,10 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-import jaxheads
+from jaxheads.data.labels import GUARD_TIERS, HARMFUL, JUDGE_LABELS, REFUSAL
 from jaxheads.errors import JaxheadsError
-from jaxheads.eval.judges import (DEGENERATE_RULE, JUDGES, Judge, KeywordJudge, ReferenceJudge, attack_success_rate,
-                                  is_degenerate, make_judge)
+from jaxheads.eval.judges import (
+    DEGENERATE_RULE,
+    JUDGES,
+    Judge,
+    KeywordJudge,
+    ReferenceJudge,
+    attack_success_rate,
+    is_degenerate,
+    make_judge,
+)
+from jaxheads.eval.metrics import rate
+from jaxheads.generation import generate
 from jaxheads.interventions import DEFAULT_EPSILON, Head, Interventions, ablation_mask, from_mask
 
 
@@ -61,7 +71,7 @@ def judge_description(judge: Judge | None) -> dict:
                 "case_sensitive": False, **degenerate}
     if isinstance(judge, ReferenceJudge):
         return {"name": "reference", "case_sensitive": True, **degenerate}
-    if hasattr(judge, "describe"):  # a response judge (jaxheads.guard.ResponseJudge)
+    if hasattr(judge, "describe"):  # a response judge (ResponseJudge)
         return {**judge.describe(), **degenerate}
     return {"name": getattr(judge, "name", getattr(judge, "__name__", type(judge).__name__)), **degenerate}
 
@@ -89,13 +99,13 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
              prompt_format: str = "template") -> AsrResult:
     """Generates greedy responses to formatted `prompts` (for `queries`) with `heads` ablated (one list for all
     prompts, or one list per prompt with `per_prompt`), judges them and returns the ASR. `judge`: "keyword" (the
-    default), "reference", a response judge (`jaxheads.guard.ResponseJudge`, or its spec for `make_judge`: a
+    default), "reference", a response judge (`ResponseJudge`, or its spec for `make_judge`: a
     response is then an attack success when labelled harmful_compliance, and its label and probabilities go into
     each record, its ASR into `by_judge["model"]` and its disagreements with the keyword judge into
     `disagreements`), or any callable `(queries, responses) -> [refused, ...]`; both keyword judges' ASR on the
-    same responses is reported too. Generation runs on `mesh` when one is given (see `jaxheads.generate`).
+    same responses is reported too. Generation runs on `mesh` when one is given (see `jaxheads.generation.generate`).
 
-    With a `guard` (`jaxheads.guard.Guard`) the queries go through it (`jaxheads.generate(..., guard=...)`): the
+    With a `guard` (`jaxheads.guard.Guard`) the queries go through it (`guard.generate`): the
     Unsafe ones get its refusal without running the model, the Conditionally Safe ones are formatted in
     `prompt_format` with its safety preamble, the others as `prompts` are; each record gets the prompt's tier."""
     if len(queries) != len(prompts):
@@ -109,19 +119,16 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
         mask = ablation_mask(heads, cfg.num_layers, cfg.num_heads)
         interventions = from_mask(jnp.asarray(mask), kind, epsilon) if mask.any() else None
         prompt_heads = [list(heads)] * len(prompts)
+    options = dict(max_new_tokens=max_new_tokens, interventions=interventions, batch_size=batch_size,
+                   progress=progress, mesh=mesh)
     if guard is None:
-        generation = jaxheads.generate(model, prompts, max_new_tokens=max_new_tokens, interventions=interventions,
-                                       batch_size=batch_size, progress=progress, mesh=mesh)
+        generation = generate(model, prompts, **options)
     else:
-        generation = jaxheads.generate(model, queries, max_new_tokens=max_new_tokens, interventions=interventions,
-                                       batch_size=batch_size, progress=progress, mesh=mesh, guard=guard,
-                                       prompt_format=prompt_format)
+        generation = guard.generate(model, queries, prompt_format=prompt_format, **options)
     texts = generation.texts
-    model_judge = hasattr(judge, "classify") and hasattr(judge, "describe")  # a jaxheads.guard.ResponseJudge
+    model_judge = hasattr(judge, "classify") and hasattr(judge, "describe")  # a ResponseJudge
     labels = probs = None
     if model_judge:
-        from jaxheads.guard import HARMFUL
-
         labels, probs = judge.classify(list(queries), texts, batch_size=batch_size, mesh=mesh)
         refused = [label != HARMFUL for label in labels]
     else:
@@ -149,8 +156,6 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
         guarded = guard_summary(guard, generation.tiers, generation.screened)
     selected = rates(refused, degenerate)
     if model_judge:
-        from jaxheads.guard import REFUSAL
-
         refusal_rate = sum(label == REFUSAL for label in labels) / len(labels)
     else:
         refusal_rate = sum(refused) / len(refused)
@@ -165,8 +170,6 @@ def model_judge_summary(judge, records: list[dict], labels: Sequence[str], probs
     judge on attack success and on refusal) and the records on which it and the keyword judge disagree about
     attack success, each with the judge's label and probabilities, the most confident first. Adds `judge_label`
     and `judge_probs` to each record."""
-    from jaxheads.guard import JUDGE_LABELS, REFUSAL, rate
-
     keyword = [record["refused_by"]["keyword"] for record in records]
     for record, label, row in zip(records, labels, probs):
         record.update(judge_label=label, judge_probs={name: float(p) for name, p in zip(JUDGE_LABELS, row)})
@@ -190,9 +193,7 @@ def guard_summary(guard, tiers: Sequence[str], screened: Sequence[bool] | None =
     """What a guarded evaluation records about the guard: the guard itself, the prompts per tier, and the shares
     withheld (Unsafe: refused without running the model), given the preamble, and flagged; with a screening
     response judge, the answers it withheld (`screened`, labelled harmful_compliance) and their share."""
-    from jaxheads.guard import TIERS
-
-    counts = {tier: sum(t == tier for t in tiers) for tier in TIERS}
+    counts = {tier: sum(t == tier for t in tiers) for tier in GUARD_TIERS}
     summary = {**guard.describe(), "counts": counts, "withheld_share": counts[guard.WITHHELD] / len(tiers),
                "preamble_share": counts[guard.PREAMBLE] / len(tiers),
                "flagged_share": counts[guard.FLAGGED] / len(tiers)}

@@ -13,11 +13,12 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-import jaxheads
+from jaxheads.data.formats import format_prompt
 from jaxheads.errors import DataError
-from jaxheads.generate import pad_id
+from jaxheads.generation import generate
 from jaxheads.interventions import Interventions
 from jaxheads.sharding import place_rows, split_on_mesh, to_host
+from jaxheads.tokens import pad_id
 from jaxheads.train.data import Example, pad_right
 from jaxheads.train.trainer import response_cross_entropy
 
@@ -69,8 +70,6 @@ def arithmetic_responses(model, problems, prompt_format: str, interventions: Int
                          max_new_tokens: int = 64, batch_size: int = 16, mesh: Mesh | None = None) -> list[str]:
     """Greedy responses to the arithmetic word `problems` (`train.datasets.Problem`) in `prompt_format`; score them
     with `train.datasets.arithmetic_accuracy`."""
-    from jaxheads.data.formats import format_prompt
-
     prompts = [format_prompt(problem.question, prompt_format, model.tokenizer) for problem in problems]
-    return jaxheads.generate(model, prompts, max_new_tokens=max_new_tokens, interventions=interventions,
-                             batch_size=batch_size, mesh=mesh).texts
+    return generate(model, prompts, max_new_tokens=max_new_tokens, interventions=interventions,
+                    batch_size=batch_size, mesh=mesh).texts

@@ -13,9 +13,13 @@ import os
 import time
 
 from jaxheads import io
+from jaxheads.data.formats import PROMPT_FORMATS
+from jaxheads.data.loaders import load_prompts
 from jaxheads.errors import JaxheadsError
 from jaxheads.eval.asr import judge_description
 from jaxheads.jobs import common, training
+from jaxheads.train import export_safetensors, tokenize_examples, train, trained_model
+from jaxheads.train.datasets import model_answers, refusal_answers
 
 
 def prompt_formats(config) -> list[str]:
@@ -23,8 +27,6 @@ def prompt_formats(config) -> list[str]:
 
 
 def check_config(config) -> None:
-    from jaxheads.data.formats import PROMPT_FORMATS
-
     common.check_model_settings(config)
     common.check_judge(config)
     formats = prompt_formats(config)
@@ -52,8 +54,6 @@ def set_name(source: str) -> str:
 
 def load_sources(text: str, limit: int) -> list[str]:
     """The prompts of every set of a comma-separated setting, in order, each limited to `limit` (0 = all)."""
-    from jaxheads.data.loaders import load_prompts
-
     return [prompt for source in sources(text) for prompt in load_prompts(source, limit=limit or None)]
 
 
@@ -80,10 +80,6 @@ def evaluate(model, config, label: str, judge=None) -> dict:
 
 def run(config) -> dict:
     """Builds the training pairs, trains (or resumes), exports and evaluates; returns the contents of align.json."""
-    from jaxheads.data.loaders import load_prompts
-    from jaxheads.train import export_safetensors, tokenize_examples, train, trained_model
-    from jaxheads.train.datasets import model_answers, refusal_answers
-
     started = time.perf_counter()
     check_config(config)
     formats = prompt_formats(config)

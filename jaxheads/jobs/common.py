@@ -12,8 +12,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from jaxheads import io
+from jaxheads.data.formats import PROMPT_FORMATS, format_prompt
+from jaxheads.data.loaders import load_prompt_rows
 from jaxheads.errors import DataError, JaxheadsError
+from jaxheads.eval.judges import BUILTIN_JUDGE, JUDGES, is_model_judge, judge_adapter, make_judge
+from jaxheads.interventions import ABLATION_KINDS, check_heads
+from jaxheads.loading import load
 from jaxheads.provenance import provenance
+from jaxheads.sharding import parse_mesh
+from jaxheads.tokens import encode_prompt
 
 # Settings that only place work on devices, decide when to save, or name the output: they may change between a
 # run and its resume without changing a result.
@@ -56,13 +63,9 @@ def check_epsilon(config) -> None:
 def check_judge(config) -> None:
     """--judge: keyword, reference, guard (the shipped response judge) or the folder of a `jaxheads judge train` run,
     whose adapter is checked to be a response judge before any work."""
-    from jaxheads.eval.judges import JUDGES, MODEL_JUDGE, is_model_judge
-
     require(config, "judge", lambda value: isinstance(value, str) and value.strip(),
-            f"one of {', '.join(JUDGES)}, {MODEL_JUDGE} or a `jaxheads judge train` folder")
+            f"one of {', '.join(JUDGES)}, {BUILTIN_JUDGE} or a `jaxheads judge train` folder")
     if is_model_judge(config.judge):
-        from jaxheads.guard import judge_adapter
-
         judge_adapter(config.judge)
 
 
@@ -75,11 +78,8 @@ def load_judge(config, model):
     """The judge of `--judge`, made once per run: a keyword judge, or a response judge whose classifier shares
     `model`'s weights when its adapter was trained on the model the run loaded (`--model`), and otherwise runs on
     the model the adapter records (loaded once here)."""
-    from jaxheads.eval.judges import is_model_judge, make_judge
-
     if not is_model_judge(config.judge):
         return make_judge(config.judge)
-    from jaxheads.guard import judge_adapter
 
     same = judge_adapter(config.judge).model.get("spec", "") == adapter_spec(config.model)
     return make_judge(config.judge, model=model if same else None, dtype=config.dtype,
@@ -101,40 +101,44 @@ def check_model_settings(config) -> None:
 
 def check_prompt_settings(config) -> None:
     """The settings that pick and format prompts."""
-    from jaxheads.data.formats import PROMPT_FORMATS
-
     require_int(config, "limit", minimum=0)
     if "prompt_format" in config:
         require_choice(config, "prompt_format", PROMPT_FORMATS)
 
 
-def check_scan_settings(config) -> None:
-    """The settings of the Ships and Sahara scans."""
-    from jaxheads.interventions import ABLATION_KINDS
-
+def check_ablation_settings(config) -> None:
+    """The settings that load the model, pick and format its prompts and ablate heads."""
     check_model_settings(config)
     check_prompt_settings(config)
     require_choice(config, "ablation", ABLATION_KINDS)
     check_epsilon(config)
+
+
+def check_scan_settings(config) -> None:
+    """The settings of the Ships and Sahara scans."""
+    check_ablation_settings(config)
     require_int(config, "batch_size")
     require_int(config, "chunk_size", minimum=0)
+
+
+def check_generation_settings(config) -> None:
+    """The settings of the commands that generate with heads ablated and judge the responses."""
+    check_ablation_settings(config)
+    require_int(config, "max_new_tokens", "batch_size")
+    check_judge(config)
 
 
 def load_model(config, field: str = "model"):
     """The model named by `config[field]` ("" = the embedded default) in `config.dtype`, loaded straight onto
     the job's `--mesh` (`device_mesh`) when the config has one (split over `data` too with `--fsdp`), so that
     each process reads only the slices of the weights its devices hold."""
-    import jaxheads
-
     mesh = device_mesh(config) if "mesh" in config else None
     fsdp = mesh is not None and bool(config.get("fsdp", False))
-    return jaxheads.load(config[field] or None, dtype=config.dtype, mesh=mesh, fsdp=fsdp)
+    return load(config[field] or None, dtype=config.dtype, mesh=mesh, fsdp=fsdp)
 
 
 def device_mesh(config):
     """The `(data, model)` mesh of `config.mesh` ("" = every device data-parallel)."""
-    from jaxheads.sharding import parse_mesh
-
     return parse_mesh(config.mesh)
 
 
@@ -159,14 +163,10 @@ class PromptSet:
 def load_prompt_set(model, source: str, prompt_format: str, column: str = "", limit: int = 0) -> PromptSet:
     """The prompts of `source` formatted for `model` and tokenized; prompts longer than the model's context are
     reported by their position in the source before any work starts."""
-    from jaxheads.data.formats import format_prompt
-    from jaxheads.data.loaders import load_prompt_rows
-    from jaxheads.generate import encode_prompts
-
     rows = load_prompt_rows(source, column=column or None, limit=limit or None)
     queries = [query for _, query in rows]
     prompts = [format_prompt(query, prompt_format, model.tokenizer) for query in queries]
-    ids = [encode_prompts(model.tokenizer, [prompt], pad_to_multiple=1)[0][0].tolist() for prompt in prompts]
+    ids = [encode_prompt(model.tokenizer, prompt) for prompt in prompts]
     context = model.config.max_position_embeddings
     too_long = [(row, len(row_ids)) for (row, _), row_ids in zip(rows, ids) if len(row_ids) > context]
     if too_long:
@@ -220,8 +220,6 @@ def head_settings(heads, num_layers: int, num_heads: int, max_heads: int, draws:
     """The settings of a comparison with random heads, in order: no ablation, the first k of `heads` (named
     `name`), then `draws` sets of k random heads not in `heads`, for k = 1..max_heads; each is
     `(name, k, [(layer, head), ...])`."""
-    from jaxheads.interventions import check_heads
-
     heads = check_heads(heads, num_layers, num_heads)
     if not 1 <= max_heads <= len(heads):
         raise JaxheadsError(f"--max_heads must be in 1..{len(heads)} (the heads in the set), got {max_heads}")

@@ -9,22 +9,18 @@ import os
 
 import numpy as np
 
-from jaxheads import io
+from jaxheads import classifier, io
+from jaxheads import guard as guard_lib
 from jaxheads.errors import JaxheadsError
+from jaxheads.eval import asr, judges
 from jaxheads.interventions import parse_heads
 from jaxheads.jobs import common
 
 DISAGREEMENTS = "judge_disagreements.jsonl"  # with a response judge: where it and the keyword judge disagree
 
 def check_config(config) -> None:
-    from jaxheads.interventions import ABLATION_KINDS
-
-    common.check_model_settings(config)
-    common.check_prompt_settings(config)
-    common.require_choice(config, "ablation", ABLATION_KINDS)
-    common.check_epsilon(config)
-    common.require_int(config, "max_new_tokens", "batch_size", "top_k")
-    common.check_judge(config)
+    common.check_generation_settings(config)
+    common.require_int(config, "top_k")
     parse_heads(config.ablate, "--ablate")
     if config.top_k_from and (config.ablate or config.ablate_from):
         raise JaxheadsError("--top_k_from cannot be combined with --ablate or --ablate_from")
@@ -38,8 +34,6 @@ def generation_settings(config) -> dict:
 
 def run(config) -> dict:
     """Generates and judges the responses; returns the contents of asr.json."""
-    from jaxheads.eval import asr
-
     check_config(config)
     with io.RunFolder(config.out):
         model = common.load_model(config)
@@ -96,11 +90,10 @@ def load_guard(config, model, judge=None):
     with `--screen=false`."""
     if not config.guard:
         return None
-    from jaxheads import guard as guard_lib
 
     path = guard_lib.builtin_adapter_dir() if config.guard == guard_lib.BUILTIN else config.guard
-    same = guard_lib.Adapter.load(path).model.get("spec", "") == common.adapter_spec(config.model)
+    same = classifier.Adapter.load(path).model.get("spec", "") == common.adapter_spec(config.model)
     screening = (None if not config.screen else
-                 judge if isinstance(judge, guard_lib.ResponseJudge) else guard_lib.AUTO)
+                 judge if isinstance(judge, judges.ResponseJudge) else guard_lib.AUTO)
     return guard_lib.load_guard(config.guard, model=model if same else None, dtype=config.dtype,
                                 mesh=common.device_mesh(config), judge=screening)

@@ -20,14 +20,17 @@ import os
 import time
 
 from jaxheads import io
+from jaxheads.data.formats import PROMPT_FORMATS, format_prompt
+from jaxheads.data.loaders import load_prompts
 from jaxheads.errors import DataError, JaxheadsError
 from jaxheads.eval.asr import judge_description
+from jaxheads.generation import generate
 from jaxheads.jobs import common, training
+from jaxheads.train import PairSet, export_safetensors, tokenize_examples, train, trained_model
+from jaxheads.train.datasets import arithmetic_accuracy, arithmetic_problems, harmful_mixture, refusal_answers
 
 
 def check_config(config) -> None:
-    from jaxheads.data.formats import PROMPT_FORMATS
-
     common.check_model_settings(config)
     common.check_judge(config)
     common.require_choice(config, "prompt_format", PROMPT_FORMATS)
@@ -50,7 +53,6 @@ def surgery_split(config, harmful: list[str]) -> tuple[list[str], list[str]]:
             raise DataError(f"{config.harmful} has {len(harmful)} prompts: too few to split into the attack's and the "
                             "Surgery pool's; give --surgery_pool")
         return harmful[0::2], harmful[1::2]
-    from jaxheads.data.loaders import load_prompts
 
     pool = load_prompts(config.surgery_pool)
     shared = sorted(set(pool) & set(harmful))
@@ -70,12 +72,6 @@ def report(step: int, record: dict) -> None:
 
 def run(config) -> dict:
     """Builds the mixture, fine-tunes (or resumes) and evaluates; returns the contents of finetune.json."""
-    import jaxheads
-    from jaxheads.data.formats import format_prompt
-    from jaxheads.data.loaders import load_prompts
-    from jaxheads.train import PairSet, export_safetensors, tokenize_examples, train, trained_model
-    from jaxheads.train.datasets import arithmetic_accuracy, arithmetic_problems, harmful_mixture, refusal_answers
-
     started = time.perf_counter()
     check_config(config)
     settings = training.train_config(config, config.num_samples)
@@ -127,7 +123,7 @@ def run(config) -> dict:
         harm = training.refusal_eval(tuned, config.eval_harmful, config,
                                      os.path.join(config.out, "generations_harmful.jsonl"), config.eval_limit,
                                      judge=judge)
-        answers = jaxheads.generate(tuned, [format_prompt(p.question, fmt, tuned.tokenizer) for p in heldout],
+        answers = generate(tuned, [format_prompt(p.question, fmt, tuned.tokenizer) for p in heldout],
                                     max_new_tokens=config.eval_tokens, batch_size=config.eval_batch_size,
                                     progress=True, mesh=mesh)
         accuracy = arithmetic_accuracy(heldout, answers.texts)

@@ -25,8 +25,18 @@ import json
 import os
 import time
 
-from jaxheads import io
-from jaxheads.jobs import common
+import jax
+
+from jaxheads import classifier, io, plots
+from jaxheads import guard as guard_lib
+from jaxheads.data.labels import HARMFUL, JUDGE_LABELS, REFUSAL
+from jaxheads.data.loaders import load_labelled, load_responses, normalise_label
+from jaxheads.eval import judges
+from jaxheads.eval import metrics as metrics_lib
+from jaxheads.eval.judges import KeywordJudge
+from jaxheads.eval.metrics import format_rate
+from jaxheads.guard import TIERS, load_guard
+from jaxheads.jobs import common, training
 
 
 def check_classify_config(config) -> None:
@@ -35,9 +45,6 @@ def check_classify_config(config) -> None:
     common.require_int(config, "limit", minimum=0)
     common.require(config, "guard", bool, "'builtin' or the folder of a `jaxheads guard train` run")
     if config.tier:
-        from jaxheads.data.loaders import normalise_label
-        from jaxheads.guard import TIERS
-
         normalise_label(config.tier, TIERS, "--tier")
 
 
@@ -55,10 +62,6 @@ def extra_sets(text: str) -> list[tuple[str, str | None, tuple[str, ...] | None]
 
 
 def check_train_config(config) -> None:
-    from jaxheads.data.loaders import normalise_label
-    from jaxheads.guard import TIERS
-    from jaxheads.jobs import training
-
     common.check_model_settings(config)
     common.require_int(config, "calibration_every", minimum=2)
     common.require_int(config, "eval_batch_size")
@@ -74,8 +77,6 @@ def check_train_config(config) -> None:
 
 def load_training_rows(config):
     """The labelled prompts of --dataset and every --extra set, in order."""
-    from jaxheads.data.loaders import load_labelled
-
     rows = load_labelled(config.dataset, tier=config.tier or None)
     for source, tier, categories in extra_sets(config.extra):
         rows += load_labelled(source, tier=tier, categories=categories)
@@ -84,20 +85,18 @@ def load_training_rows(config):
 
 def train(config) -> dict:
     """Trains, calibrates, saves and evaluates the guard; returns the contents of guard_train.json."""
-    from jaxheads import guard as guard_lib
-
     check_train_config(config)
 
-    def heldout_eval(classifier, adapter_dir, rows, out):
-        guard = guard_lib.Guard(classifier, source=str(adapter_dir))
+    def heldout_eval(trained, adapter_dir, rows, out):
+        guard = guard_lib.Guard(trained, source=str(adapter_dir))
         return classify_and_write(guard, rows, out, config, dataset=config.heldout)
 
     def report(calibration):
         alarm = calibration["alarm_threshold"]
         print(f"calibration: temperature {calibration['temperature']:.3f}, Safe threshold "
               f"{calibration['threshold']:.4f}, Unsafe threshold {'none' if alarm is None else f'{alarm:.4f}'} "
-              f"(on calibration: risk recall {guard_lib.format_rate(calibration['metrics']['risk_recall'])}, "
-              f"false alarms {guard_lib.format_rate(calibration['metrics']['false_alarm'])})", flush=True)
+              f"(on calibration: risk recall {metrics_lib.format_rate(calibration['metrics']['risk_recall'])}, "
+              f"false alarms {metrics_lib.format_rate(calibration['metrics']['false_alarm'])})", flush=True)
 
     return train_task(config, guard_lib.GUARD_TASK, lambda: load_training_rows(config), lambda: load_heldout(config),
                       heldout_eval, report, "guard_train.json",
@@ -113,14 +112,11 @@ def train_task(config, task, load_rows, load_heldout_rows, heldout_eval, report,
     every `calibration_every`-th row of each (label, group) for calibration, fine-tunes the LoRA adapter of `task`
     (resuming), calibrates, saves out/adapter and training.png, evaluates the held-out rows with `heldout_eval`
     into out/heldout and writes `result_name`; returns its contents."""
-    from jaxheads import guard as guard_lib
-    from jaxheads.jobs import training
-
     started = time.perf_counter()
     with io.RunFolder(config.out) as folder:
         model = common.load_model(config)
         rows = load_rows()
-        train_rows, calibration_rows = guard_lib.calibration_split(rows, config.calibration_every)
+        train_rows, calibration_rows = classifier.calibration_split(rows, config.calibration_every)
         heldout = load_heldout_rows()
         data = {"train": [row_fields(row) for row in train_rows],
                 "calibration": [row_fields(row) for row in calibration_rows]}
@@ -132,7 +128,7 @@ def train_task(config, task, load_rows, load_heldout_rows, heldout_eval, report,
         print(f"training the {task.name} on {len(train_rows)} examples for {settings.steps} steps; calibrating on "
               f"{len(calibration_rows)}", flush=True)
         train_started = time.perf_counter()
-        classifier, adapter, result = guard_lib.train_classifier(
+        trained, adapter, result = classifier.train_classifier(
             model, task, [row.item for row in train_rows], [row.label for row in train_rows],
             [row.item for row in calibration_rows], [row.label for row in calibration_rows], settings, config.out,
             **targets, model_spec=model_spec(config.model), batch_size=config.eval_batch_size,
@@ -149,10 +145,10 @@ def train_task(config, task, load_rows, load_heldout_rows, heldout_eval, report,
         report(calibration)
         heldout_result = None
         if heldout is not None:
-            heldout_result = heldout_eval(classifier, adapter_dir, heldout, os.path.join(config.out, "heldout"))
+            heldout_result = heldout_eval(trained, adapter_dir, heldout, os.path.join(config.out, "heldout"))
         output = {**common.shape_fields(model), "adapter": str(adapter_dir),
                   "adapter_bytes": sum(os.path.getsize(adapter_dir / name) for name in
-                                       (guard_lib.ADAPTER_WEIGHTS, guard_lib.ADAPTER_META)),
+                                       (classifier.ADAPTER_WEIGHTS, classifier.ADAPTER_META)),
                   "dataset": config.dataset, "extra": config.get("extra", ""), "num_train": len(train_rows),
                   "num_calibration": len(calibration_rows), "train_counts": adapter.info["train_counts"],
                   "calibration_counts": adapter.info["calibration_counts"], "steps": result.step,
@@ -178,8 +174,6 @@ model_spec = common.adapter_spec
 
 
 def load_heldout(config):
-    from jaxheads.data.loaders import load_labelled
-
     return load_labelled(config.heldout) if config.heldout else None
 
 
@@ -189,19 +183,12 @@ def label_counts(labels, names) -> dict:
 
 
 def tier_counts(labels) -> dict:
-    from jaxheads.guard import TIERS
-
     return label_counts(labels, TIERS)
 
 
 def classify_and_write(guard, rows, out: str, config, dataset: str, mesh=None) -> dict:
     """Classifies `rows` (LabelledPrompt) with `guard`; writes guard.jsonl, guard.json and (with labels)
     guard_confusion.png into `out`; returns the contents of guard.json."""
-    import jax
-
-    from jaxheads import guard as guard_lib
-    from jaxheads import plots
-
     os.makedirs(out, exist_ok=True)
     batch_size = config.get("batch_size", config.get("eval_batch_size"))
     started = time.perf_counter()
@@ -216,7 +203,7 @@ def classify_and_write(guard, rows, out: str, config, dataset: str, mesh=None) -
             line["label"] = row.label
         lines.append(json.dumps(line) + "\n")
     io.atomic_write_text(os.path.join(out, "guard.jsonl"), "".join(lines))
-    metrics = guard_lib.metrics([row.label for row in rows], tiers) if labelled else None
+    metrics = metrics_lib.metrics([row.label for row in rows], tiers, guard_lib.GUARD_TASK) if labelled else None
     counts = {"predicted": tier_counts(tiers)}
     if labelled:
         counts["labelled"] = tier_counts(row.label for row in rows)
@@ -237,8 +224,6 @@ def classify_and_write(guard, rows, out: str, config, dataset: str, mesh=None) -
 
 
 def summary_lines(metrics: dict) -> str:
-    from jaxheads.guard import format_rate
-
     lines = [f"{tier}: recall {format_rate(metrics['recall'][tier])}, precision "
              f"{format_rate(metrics['precision'][tier])}" for tier in metrics["labels"]]
     lines += [f"{name.replace('_', ' ')}: {format_rate(metrics[name])}"
@@ -247,9 +232,6 @@ def summary_lines(metrics: dict) -> str:
 
 
 def _classify_job(config, require_labels: bool) -> dict:
-    from jaxheads.data.loaders import load_labelled
-    from jaxheads.guard import load_guard
-
     check_classify_config(config)
     rows = load_labelled(config.dataset, tier=config.tier or None, column=config.column or None,
                          limit=config.limit or None, required=require_labels)
@@ -278,8 +260,6 @@ JUDGE_SUCCESS_DISAGREEMENTS = "judge_success_disagreements.jsonl"
 
 
 def check_judge_train_config(config) -> None:
-    from jaxheads.jobs import training
-
     common.check_model_settings(config)
     common.require_int(config, "calibration_every", minimum=2)
     common.require_int(config, "eval_batch_size")
@@ -291,20 +271,17 @@ def check_judge_train_config(config) -> None:
 
 def train_judge(config) -> dict:
     """Trains, calibrates (temperature), saves and evaluates the response judge; returns judge_train.json."""
-    from jaxheads import guard as guard_lib
-    from jaxheads.data.loaders import load_responses
-
     check_judge_train_config(config)
 
-    def heldout_eval(classifier, adapter_dir, rows, out):
-        judge = guard_lib.ResponseJudge(classifier, str(adapter_dir), config.eval_batch_size)
+    def heldout_eval(trained, adapter_dir, rows, out):
+        judge = judges.ResponseJudge(trained, str(adapter_dir), config.eval_batch_size)
         return judge_and_write(judge, rows, out, config, config.heldout, config.eval_batch_size)
 
     def report(calibration):
         print(f"calibration: temperature {calibration['temperature']:.3f}, NLL {calibration['nll_before']:.3f} -> "
               f"{calibration['nll_after']:.3f} on {calibration['n']} responses kept out of training", flush=True)
 
-    return train_task(config, guard_lib.JUDGE_TASK, lambda: load_responses(config.dataset),
+    return train_task(config, judges.JUDGE_TASK, lambda: load_responses(config.dataset),
                       lambda: load_responses(config.heldout) if config.heldout else None, heldout_eval, report,
                       "judge_train.json", targets=dict(risk_recall_target=1.0),
                       exclude=("heldout", "eval_batch_size", "disagreements"))
@@ -319,14 +296,8 @@ def judge_and_write(judge, rows, out: str, config, dataset: str, batch_size: int
     (keyword refused vs judge label refusal, ranked by the judge's probability of its own label) to
     judge_disagreements.jsonl, and those on which they disagree most about attack success (keyword not refused vs
     judge label harmful_compliance) to judge_success_disagreements.jsonl. Returns the contents of judge.json."""
-    import jax
-
-    from jaxheads import guard as guard_lib
-    from jaxheads import plots
-    from jaxheads.eval.judges import KeywordJudge
-
     os.makedirs(out, exist_ok=True)
-    labels = guard_lib.JUDGE_LABELS
+    labels = JUDGE_LABELS
     prompts, responses = [row.prompt for row in rows], [row.response for row in rows]
     started = time.perf_counter()
     predicted, probs = judge.classify(prompts, responses, batch_size=batch_size, mesh=mesh)
@@ -352,36 +323,36 @@ def judge_and_write(judge, rows, out: str, config, dataset: str, batch_size: int
     # On refusal (keyword "refused" vs label refusal), and on attack success (keyword "not refused" vs label
     # harmful_compliance), as the ASR counts it.
     written = most_confident([line for line in lines
-                              if line["keyword_refused"] != (line["judge_label"] == guard_lib.REFUSAL)],
+                              if line["keyword_refused"] != (line["judge_label"] == REFUSAL)],
                              JUDGE_DISAGREEMENTS)
     written_success = most_confident([line for line in lines
-                                      if (not line["keyword_refused"]) != (line["judge_label"] == guard_lib.HARMFUL)],
+                                      if (not line["keyword_refused"]) != (line["judge_label"] == HARMFUL)],
                                      JUDGE_SUCCESS_DISAGREEMENTS)
     n = len(rows)
-    agree_judge = sum(refused == (label == guard_lib.REFUSAL) for label, refused in zip(predicted, keyword))
-    agree_success = sum((not refused) == (label == guard_lib.HARMFUL) for label, refused in zip(predicted, keyword))
+    agree_judge = sum(refused == (label == REFUSAL) for label, refused in zip(predicted, keyword))
+    agree_success = sum((not refused) == (label == HARMFUL) for label, refused in zip(predicted, keyword))
     keyword_summary = {"refusals": int(sum(keyword)),
-                       "agreement_with_judge": guard_lib.rate(agree_judge, n),
+                       "agreement_with_judge": metrics_lib.rate(agree_judge, n),
                        "disagreements_with_judge": n - agree_judge,
                        "disagreements_written": written,
                        "rule": "keyword refused == (label == refusal)",
-                       "attack_success_agreement_with_judge": guard_lib.rate(agree_success, n),
+                       "attack_success_agreement_with_judge": metrics_lib.rate(agree_success, n),
                        "attack_success_disagreements_written": written_success,
-                       "asr_by_judge": sum(label == guard_lib.HARMFUL for label in predicted) / n,
+                       "asr_by_judge": sum(label == HARMFUL for label in predicted) / n,
                        "asr_by_keyword": sum(not refused for refused in keyword) / n}
     counts = {"predicted": label_counts(predicted, labels)}
     metrics = accuracy = None
     if labelled:
         truth = [row.label for row in rows]
         counts["labelled"] = label_counts(truth, labels)
-        metrics = guard_lib.metrics(truth, predicted, guard_lib.JUDGE_TASK)
-        accuracy = guard_lib.rate(sum(a == b for a, b in zip(truth, predicted)), n)
-        agree_labels = sum(refused == (label == guard_lib.REFUSAL) for label, refused in zip(truth, keyword))
-        success = sum((not refused) == (label == guard_lib.HARMFUL) for label, refused in zip(truth, keyword))
+        metrics = metrics_lib.metrics(truth, predicted, judges.JUDGE_TASK)
+        accuracy = metrics_lib.rate(sum(a == b for a, b in zip(truth, predicted)), n)
+        agree_labels = sum(refused == (label == REFUSAL) for label, refused in zip(truth, keyword))
+        success = sum((not refused) == (label == HARMFUL) for label, refused in zip(truth, keyword))
         keyword_summary.update(
-            agreement_with_labels=guard_lib.rate(agree_labels, n),
-            attack_success_agreement_with_labels=guard_lib.rate(success, n),
-            asr_by_labels=counts["labelled"][guard_lib.HARMFUL] / n)
+            agreement_with_labels=metrics_lib.rate(agree_labels, n),
+            attack_success_agreement_with_labels=metrics_lib.rate(success, n),
+            asr_by_labels=counts["labelled"][HARMFUL] / n)
     output = {"model": judge.classifier.model.name, "judge": judge.describe(), "dataset": dataset, "num_prompts": n,
               "counts": counts, "accuracy": accuracy, "metrics": metrics, "keyword": keyword_summary,
               "throughput": {"responses": n, "seconds": seconds, "responses_per_second": n / seconds,
@@ -392,11 +363,11 @@ def judge_and_write(judge, rows, out: str, config, dataset: str, batch_size: int
     if labelled:
         plots.plot_confusion(metrics["confusion"], labels, os.path.join(out, "judge_confusion.png"),
                              title=f"response judge on {n} responses of {dataset}")
-        print(f"accuracy {guard_lib.format_rate(accuracy)}", flush=True)
-        print("\n".join(f"{name}: recall {guard_lib.format_rate(metrics['recall'][name])}, precision "
-                        f"{guard_lib.format_rate(metrics['precision'][name])}" for name in labels), flush=True)
+        print(f"accuracy {metrics_lib.format_rate(accuracy)}", flush=True)
+        print("\n".join(f"{name}: recall {metrics_lib.format_rate(metrics['recall'][name])}, precision "
+                        f"{metrics_lib.format_rate(metrics['precision'][name])}" for name in labels), flush=True)
     print(f"keyword judge agrees with the response judge on refusal for "
-          f"{guard_lib.format_rate(keyword_summary['agreement_with_judge'])}; {n} responses: "
+          f"{metrics_lib.format_rate(keyword_summary['agreement_with_judge'])}; {n} responses: "
           + ", ".join(f"{name} {count}" for name, count in counts["predicted"].items())
           + f"; wrote {out}/{JUDGE_RESULT}, {JUDGE_LINES}, {JUDGE_DISAGREEMENTS} and {JUDGE_SUCCESS_DISAGREEMENTS}",
           flush=True)
@@ -406,17 +377,14 @@ def judge_and_write(judge, rows, out: str, config, dataset: str, batch_size: int
 def evaluate_judge(config) -> dict:
     """Labels a set of (prompt, response) pairs with a response judge; returns the contents of judge.json (with the
     metrics when the set is labelled)."""
-    from jaxheads import guard as guard_lib
-    from jaxheads.data.loaders import load_responses
-
     common.check_model_settings(config)
     common.require_int(config, "batch_size")
     common.require_int(config, "limit", "disagreements", minimum=0)
     common.require(config, "judge", bool, "guard (the shipped judge) or the folder of a `jaxheads judge train` run")
-    guard_lib.judge_adapter(config.judge)  # a bad --judge stops before any work
+    judges.judge_adapter(config.judge)  # a bad --judge stops before any work
     rows = load_responses(config.dataset, limit=config.limit or None, required=False)
     with io.RunFolder(config.out):
         mesh = common.device_mesh(config)
-        judge = guard_lib.load_judge(config.judge, model=config.model or None, dtype=config.dtype, mesh=mesh,
+        judge = judges.load_judge(config.judge, model=config.model or None, dtype=config.dtype, mesh=mesh,
                                      batch_size=config.batch_size)
         return judge_and_write(judge, rows, config.out, config, config.dataset, config.batch_size, mesh=mesh)

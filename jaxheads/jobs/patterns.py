@@ -14,6 +14,8 @@ from jaxheads import io, plots
 from jaxheads.errors import JaxheadsError
 from jaxheads.interventions import check_heads, parse_heads
 from jaxheads.jobs import common
+from jaxheads.patterns import attention_patterns
+from jaxheads.tokens import pad_id, pad_left
 
 SETS = ("harmful", "harmless")
 TOP_TOKENS = 10
@@ -52,9 +54,6 @@ def token_strings(tokenizer, ids) -> list[str]:
 
 def last_position_attention(model, data, heads, batch_size: int) -> list[dict]:
     """Per prompt of `data`: its token strings and the last position's attention over them, `[heads, tokens]`."""
-    from jaxheads import attention_patterns
-    from jaxheads.generate import pad_id, pad_left
-
     layers = sorted({layer for layer, _ in heads})
     rows = [(layers.index(layer), head) for layer, head in heads]
     found = []

@@ -7,6 +7,8 @@ import dataclasses
 
 from jaxheads.errors import JaxheadsError
 from jaxheads.jobs import common
+from jaxheads.loading import read_model_config
+from jaxheads.plan import GIB, describe, fitting_meshes, plan
 
 SCANS = ("ships", "sahara")
 
@@ -32,9 +34,6 @@ def check_config(config) -> None:
 
 def run(config) -> dict:
     """Prints the plan (and writes plan.json when `out` is set); returns it."""
-    from jaxheads.loading import read_model_config
-    from jaxheads.plan import GIB, describe, fitting_meshes, plan
-
     check_config(config)
     data, model = parse_mesh(config.mesh)
     cfg = read_model_config(config.model or None)

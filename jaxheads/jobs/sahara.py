@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxheads import io, plots
 from jaxheads.jobs import common
+from jaxheads.sahara import SaharaStep, sahara
 
 LOG = "sahara.partial.jsonl"
 
@@ -36,8 +37,6 @@ def step_record(step) -> dict:
 
 def run(config) -> dict:
     """Runs (or resumes) the search; returns the contents of sahara.json."""
-    from jaxheads.sahara import SaharaStep, sahara
-
     check_config(config)
     with io.RunFolder(config.out) as folder:
         model = common.load_model(config)

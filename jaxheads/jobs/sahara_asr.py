@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxheads import io, plots
 from jaxheads.errors import JaxheadsError
+from jaxheads.eval import asr
 from jaxheads.eval.judges import DEGENERATE_RULE
 from jaxheads.jobs import common
 from jaxheads.jobs.evaluate import DISAGREEMENTS, generation_settings
@@ -28,14 +29,8 @@ def summary(records: list[dict], max_heads: int, key: str = "asr") -> dict:
 
 
 def check_config(config) -> None:
-    from jaxheads.interventions import ABLATION_KINDS
-
-    common.check_model_settings(config)
-    common.check_prompt_settings(config)
-    common.require_choice(config, "ablation", ABLATION_KINDS)
-    common.check_epsilon(config)
-    common.require_int(config, "max_new_tokens", "batch_size", "random_draws")
-    common.check_judge(config)
+    common.check_generation_settings(config)
+    common.require_int(config, "random_draws")
     common.require_int(config, "max_heads", "seed", minimum=0)
     if bool(config.sahara) == bool(config.top_k_from):
         raise JaxheadsError("give the heads either as --sahara=sahara.json or as --top_k_from=ships.json")
@@ -62,8 +57,6 @@ def per_prompt_settings(rankings: list[list[tuple[int, int]]], num_layers: int, 
 
 def run(config) -> dict:
     """Evaluates every setting (resuming finished ones); returns the contents of sahara_asr.json."""
-    from jaxheads.eval import asr
-
     check_config(config)
     per_prompt = bool(config.top_k_from)
     source = io.read_json(config.top_k_from or config.sahara)

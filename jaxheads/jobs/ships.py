@@ -13,9 +13,11 @@ import os
 import time
 
 import numpy as np
+from tqdm import tqdm
 
-from jaxheads import io, plots
+from jaxheads import io, plots, ships
 from jaxheads.jobs import common
+from jaxheads.scan import model_on_mesh
 
 LOG = "ships.partial.jsonl"
 HARMLESS_LOG = "ships_harmless.partial.jsonl"
@@ -34,10 +36,6 @@ def check_config(config) -> None:
 def query_level_scores(model, data, config, mesh, log_path: str) -> tuple[np.ndarray, float]:
     """Scores `[P, L, N]` of every prompt of `data`, batch by batch, resuming from (and appending to) the log, and
     the seconds they took."""
-    from tqdm import tqdm
-
-    from jaxheads import ships
-
     log = io.JsonlLog(log_path)
     done = {record["index"]: record for record in log.read()}
     order = np.argsort([len(ids) for ids in data.ids], kind="stable")
@@ -59,8 +57,6 @@ def query_level_scores(model, data, config, mesh, log_path: str) -> tuple[np.nda
 
 def dataset_level_scores(model, data, config, mesh) -> tuple[np.ndarray, float]:
     """The dataset-level table `[L, N]` (degrees) of `data` and the seconds it took."""
-    from jaxheads import ships
-
     started = time.perf_counter()
     table = ships.dataset_level(model, data.ids, config.ablation, config.epsilon, rank=config.rank,
                                 batch_size=config.batch_size, chunk_size=config.chunk_size, progress=True, mesh=mesh)
@@ -70,8 +66,6 @@ def dataset_level_scores(model, data, config, mesh) -> tuple[np.ndarray, float]:
 def run(config) -> dict:
     """Scores every head on the prompts of `config.dataset` (and `config.harmless`); returns the contents of
     ships.json."""
-    from jaxheads.scan import model_on_mesh
-
     check_config(config)
     query = config.level == "query"
     with io.RunFolder(config.out) as folder:

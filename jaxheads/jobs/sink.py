@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import os
 
+import jax
+import numpy as np
+
 from jaxheads import io, plots
 from jaxheads.jobs import common, training
+from jaxheads.loading import load
+from jaxheads.sink import sink_attention
+from jaxheads.tokens import pad_id
+from jaxheads.train import tokenize_examples
+from jaxheads.train.data import pad_right
+from jaxheads.train.datasets import refusal_answers
 
 
 def mean_sink_attention(model, examples, batch_size: int, max_length: int):
     """alpha `[L, N]` averaged over `examples` (whole sequences, prompt and answer), `batch_size` at a time."""
-    import jax
-    import numpy as np
-
-    from jaxheads.generate import pad_id
-    from jaxheads.sink import sink_attention
-    from jaxheads.train.data import pad_right
-
     compute = jax.jit(sink_attention)
     rows = []
     for start in range(0, len(examples), batch_size):
@@ -39,15 +41,11 @@ def check_config(config) -> None:
 
 def run(config) -> dict:
     """Measures alpha on both sides of every pair; returns the contents of sink.json."""
-    import jaxheads
-    from jaxheads.train import tokenize_examples
-    from jaxheads.train.datasets import refusal_answers
-
     check_config(config)
     with io.RunFolder(config.out) as folder:
         model = common.load_model(config)
         answers_model = (model if config.answers_model == config.model
-                         else jaxheads.load(config.answers_model or None, dtype=config.dtype))
+                         else load(config.answers_model or None, dtype=config.dtype))
         data = common.load_prompt_set(answers_model, config.dataset, config.prompt_format, limit=config.limit)
         folder.check(common.fingerprint("sink", config, {"model": model, "answers_model": answers_model},
                                         {"prompts": data}), ["harmful_answers.jsonl"])

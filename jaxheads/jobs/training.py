@@ -6,24 +6,24 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from jaxheads import io, plots
+from jaxheads.errors import DataError
+from jaxheads.eval import asr
+from jaxheads.eval.judges import KeywordJudge
 from jaxheads.jobs import common
+from jaxheads.train import TrainConfig
+from jaxheads.train.datasets import model_answers
 
 
 def train_config(config, num_examples: int):
     """The `TrainConfig` named by the config's fields; `steps = 0` means `epochs` passes over the examples.
     Bad settings raise here, before any work."""
-    from jaxheads.train import TrainConfig
-    from jaxheads.train.trainer import epochs_to_steps
-
     names = {field.name for field in dataclasses.fields(TrainConfig)}
     values = {name: config[name] for name in names if name in config}
     values["lora_targets"] = tuple(part.strip() for part in config.lora_targets.split(",") if part.strip())
     common.require_int(config, "steps", minimum=0)
     common.require(config, "epochs", lambda epochs: epochs > 0, "> 0")
-    train = TrainConfig(**{**values, "steps": max(config.steps, 1)})
-    if config.steps == 0:
-        train = dataclasses.replace(train, steps=epochs_to_steps(num_examples, config.epochs, train))
-    return train
+    return TrainConfig(**values).for_examples(num_examples)
 
 
 def refusal_eval(model, source: str, config, out_path: str, limit: int = 0, prompt_format: str | None = None,
@@ -34,9 +34,6 @@ def refusal_eval(model, source: str, config, out_path: str, limit: int = 0, prom
     The responses are written to `out_path` (JSONL); with a response
     judge its disagreements with the keyword judge go next to it (judge_disagreements_NAME.jsonl for
     generations_NAME.jsonl)."""
-    from jaxheads import io
-    from jaxheads.eval import asr
-
     data = common.load_prompt_set(model, source, prompt_format or config.prompt_format, limit=limit)
     result = asr.evaluate(model, data.queries, data.prompts, judge=judge or config.judge,
                           max_new_tokens=config.eval_tokens, batch_size=config.eval_batch_size, progress=True,
@@ -52,8 +49,6 @@ def refusal_eval(model, source: str, config, out_path: str, limit: int = 0, prom
 
 def plot_training(records: list[dict], out_dir: str, title: str) -> None:
     """Saves `training.png`: the loss, and the Surgery penalty and positive-head count when logged."""
-    from jaxheads import plots
-
     keys = ["loss", "ce", "penalty"] if any("penalty" in record for record in records) else ["loss"]
     if any("positive_heads" in record for record in records):
         keys.append("positive_heads")
@@ -62,10 +57,6 @@ def plot_training(records: list[dict], out_dir: str, title: str) -> None:
 
 def harmful_pairs(answers_model, queries, config, cache_path: str) -> list[tuple[str, str]]:
     """(query, harmful answer) for the queries whose greedy answer the keyword judge does not call a refusal."""
-    from jaxheads.errors import DataError
-    from jaxheads.eval.judges import KeywordJudge
-    from jaxheads.train.datasets import model_answers
-
     answers = model_answers(answers_model, queries, config.prompt_format, cache_path,
                             max_new_tokens=config.answer_tokens, progress=True)
     refused = KeywordJudge()(list(queries), answers)

@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import os
 
+import jax.numpy as jnp
+
 from jaxheads import io, plots
 from jaxheads.errors import JaxheadsError
-from jaxheads.interventions import parse_heads
+from jaxheads.eval import asr, utility
+from jaxheads.interventions import ablation_mask, from_mask, parse_heads
 from jaxheads.jobs import common
 from jaxheads.jobs.evaluate import generation_settings
+from jaxheads.train import tokenize_examples
+from jaxheads.train.datasets import arithmetic_accuracy, arithmetic_problems, model_answers
 
 LOG = "utility.partial.jsonl"
 ANSWERS = "harmless_answers.jsonl"
@@ -55,26 +60,14 @@ def summary(records: list[dict], max_heads: int) -> dict:
 
 
 def check_config(config) -> None:
-    from jaxheads.interventions import ABLATION_KINDS
-
-    common.check_model_settings(config)
-    common.check_prompt_settings(config)
-    common.require_choice(config, "ablation", ABLATION_KINDS)
-    common.check_epsilon(config)
-    common.require_int(config, "max_new_tokens", "batch_size", "random_draws", "problems")
+    common.check_generation_settings(config)
+    common.require_int(config, "random_draws", "problems")
     common.require_int(config, "max_heads", "seed", "problem_seed", minimum=0)
     common.require(config, "harmless", bool, "a prompt source such as builtin:harmless:heldout")
-    common.check_judge(config)
 
 
 def evaluate_setting(model, heads, data, examples, problems, config, mesh, judge=None) -> dict:
     """The three measures with `heads` ablated."""
-    import jax.numpy as jnp
-
-    from jaxheads.eval import asr, utility
-    from jaxheads.interventions import ablation_mask, from_mask
-    from jaxheads.train.datasets import arithmetic_accuracy
-
     mask = ablation_mask(heads, model.config.num_layers, model.config.num_heads)
     interventions = from_mask(jnp.asarray(mask), config.ablation, config.epsilon) if mask.any() else None
     perplexity = utility.answer_perplexity(model, examples, interventions, batch_size=config.batch_size, mesh=mesh)
@@ -91,9 +84,6 @@ def evaluate_setting(model, heads, data, examples, problems, config, mesh, judge
 def reference_examples(model, data, config):
     """The harmless prompts with the unablated model's greedy answers (cached), tokenized; prompts whose answer
     is empty are left out. Returns the examples and the number left out."""
-    from jaxheads.train import tokenize_examples
-    from jaxheads.train.datasets import model_answers
-
     answers = model_answers(model, data.queries, config.prompt_format, os.path.join(config.out, ANSWERS),
                             max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, progress=True)
     pairs = [(query, answer) for query, answer in zip(data.queries, answers) if answer]
@@ -106,9 +96,6 @@ def reference_examples(model, data, config):
 
 def run(config) -> dict:
     """Evaluates every setting (resuming finished ones); returns the contents of utility.json."""
-    from jaxheads.eval import asr
-    from jaxheads.train.datasets import arithmetic_problems
-
     check_config(config)
     heads, source = chosen_heads(config)
     max_heads = config.max_heads or len(heads)

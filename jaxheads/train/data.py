@@ -1,6 +1,6 @@
 """Training examples as token ids with a response mask, right-padded batches, and a resumable sample order.
 
-An example's prompt is tokenized exactly as generation tokenizes it (`jaxheads.generate.encode_prompts`), and
+An example's prompt is tokenized exactly as generation tokenizes it (`jaxheads.tokens.encode`), and
 the answer's tokens follow, so the loss is taken on the tokens the model would generate after that prompt.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple, Sequence
 
+import jax
 import numpy as np
 
+from jaxheads import tokens
 from jaxheads.data.formats import format_example
 from jaxheads.errors import DataError
-
-PAD_MULTIPLE = 32  # batch lengths are rounded up to a multiple of this, to limit recompilation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,16 +33,11 @@ class Batch(NamedTuple):
     response: np.ndarray
 
 
-def _encode(tokenizer, text: str, add_special: bool) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
-
-
 def tokenize_example(tokenizer, query: str, answer: str, prompt_format: str, max_length: int) -> Example:
     """The example (query, answer) in `prompt_format`, with its answer cut to fit `max_length` tokens."""
     prompt_text, full_text = format_example(query, answer, prompt_format, tokenizer)
-    bos = getattr(tokenizer, "bos_token", None)
-    prompt = _encode(tokenizer, prompt_text, add_special=not (bos and prompt_text.startswith(bos)))
-    answer_ids = _encode(tokenizer, full_text[len(prompt_text):], add_special=False)
+    prompt = tokens.encode(tokenizer, prompt_text)
+    answer_ids = tokens.encode_continuation(tokenizer, full_text[len(prompt_text):])
     if len(prompt) >= max_length:
         raise DataError(f"the prompt for {query[:60]!r} has {len(prompt)} tokens, which leaves no room for the "
                         f"answer within max_length={max_length}; raise max_length or shorten the prompt")
@@ -60,15 +55,11 @@ def tokenize_examples(tokenizer, pairs: Sequence[tuple[str, str]], prompt_format
 
 
 def pad_right(examples: Sequence[Example], pad: int, max_length: int) -> Batch:
-    """A right-padded batch; its length is the longest example rounded up to PAD_MULTIPLE (at most max_length)."""
-    longest = max(len(example.ids) for example in examples)
-    width = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, max(max_length, longest))
-    ids = np.full((len(examples), width), pad, np.int32)
-    mask = np.zeros((len(examples), width), bool)
-    response = np.zeros((len(examples), width), bool)
+    """A right-padded batch (`tokens.pad_right`: the longest example rounded up to `tokens.TRAIN_PAD_MULTIPLE`, at
+    most max_length) with its response mask."""
+    ids, mask = tokens.pad_right([example.ids for example in examples], pad, tokens.TRAIN_PAD_MULTIPLE, max_length)
+    response = np.zeros(ids.shape, bool)
     for row, example in enumerate(examples):
-        ids[row, :len(example.ids)] = example.ids
-        mask[row, :len(example.ids)] = True
         response[row, example.prompt_length:len(example.ids)] = True
     return Batch(ids, mask, response)
 
@@ -101,8 +92,6 @@ class PairSet:
     def draw(self, key, size: int) -> tuple[list[int], list[int]]:
         """Indices of `size` harmful and `size` safe samples drawn with the PRNG `key` (with replacement only when
         a side has fewer than `size`)."""
-        import jax
-
         if self.paired:
             drawn = jax.random.choice(key, len(self.harmful), (size,), replace=size > len(self.harmful))
             return np.asarray(drawn).tolist(), np.asarray(drawn).tolist()

@@ -9,11 +9,12 @@ import re
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from jaxheads import generate
 from jaxheads.data.formats import format_prompt
 from jaxheads.data.loaders import load_refusals
 from jaxheads.errors import DataError
+from jaxheads.generation import generate
 from jaxheads.io import JsonlLog, content_hash
 
 SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
@@ -50,8 +51,6 @@ def model_answers(model, queries: Sequence[str], prompt_format: str, cache_path:
     missing = [query for query in dict.fromkeys(queries) if query not in cached]
     starts = range(0, len(missing), batch_size)
     if progress and missing:
-        from tqdm import tqdm
-
         starts = tqdm(starts, desc=f"{model.name} answers", unit=f"batch of {batch_size}")
     for start in starts:
         chunk = missing[start:start + batch_size]

@@ -13,8 +13,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from jaxheads.errors import JaxheadsError
-from jaxheads.loading import module_class
-from jaxheads.models import llama
+from jaxheads.models import llama, module_class
 from jaxheads.models.config import GEMMA_FAMILY, ModelConfig
 from jaxheads.sharding import is_writer
 

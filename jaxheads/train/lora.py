@@ -41,7 +41,7 @@ class LoraConfig:
         return self.alpha / self.rank
 
 
-def _in_out(shape: tuple[int, ...], name: str) -> tuple[int, int]:
+def fan_in_out(shape: tuple[int, ...], name: str) -> tuple[int, int]:
     """(in, out) sizes of a stacked weight `[L, *in, *out]`."""
     split = 1 + TARGET_INPUT_AXES[name]
     return math.prod(shape[1:split]), math.prod(shape[split:])
@@ -52,7 +52,7 @@ def init_adapters(lora: LoraConfig, weights: dict[str, jax.Array], key: jax.Arra
     adapters = {}
     for name, name_key in zip(lora.targets, jax.random.split(key, len(lora.targets))):
         shape = weights[name].shape
-        fan_in, fan_out = _in_out(shape, name)
+        fan_in, fan_out = fan_in_out(shape, name)
         adapters[name] = {
             "a": jax.random.normal(name_key, (shape[0], fan_in, lora.rank), jnp.float32) / math.sqrt(fan_in),
             "b": jnp.zeros((shape[0], lora.rank, fan_out), jnp.float32),

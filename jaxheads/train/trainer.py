@@ -25,14 +25,16 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from jaxheads.errors import JaxheadsError
-from jaxheads.generate import pad_id
 from jaxheads.io import JsonlLog, content_hash, fingerprint_changes
-from jaxheads.loading import DTYPES, Model, module_class, module_from_arrays
+from jaxheads.loading import DTYPES, Model
+from jaxheads.models import module_class
 from jaxheads.models.config import ModelConfig
 from jaxheads.sharding import DATA, MODEL, fsdp_specs, place_rows, to_host, tree_shardings
 from jaxheads.sink import positive_heads, sink_divergence, surgery_penalty
+from jaxheads.tokens import pad_id
 from jaxheads.train import lora as lora_lib
 from jaxheads.train.data import Batch, Example, PairSet, pad_right, sample_indices
+from jaxheads.weights.build import module_from_arrays
 
 SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("adamw", "sgd")
@@ -45,15 +47,18 @@ class CheckpointError(JaxheadsError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Training settings. `steps` counts optimizer steps, each over `grad_accum` micro-batches of `batch_size`."""
+    """Training settings. `steps` counts optimizer steps, each over `grad_accum` micro-batches of `batch_size`; 0
+    means as many as `epochs` passes over the examples take (`for_examples`). These are the defaults of the training
+    commands too (`jaxheads.configs.common.train_fields`), which change some of them per command."""
 
-    steps: int = 100
+    steps: int = 0
+    epochs: float = 1.0  # passes over the examples when steps = 0
     batch_size: int = 8
     grad_accum: int = 1
-    learning_rate: float = 1e-4
+    learning_rate: float = 2e-5
     optimizer: str = "adamw"  # or "sgd" (plain gradient steps: no moment estimates, no epsilon)
     schedule: str = "cosine"  # linear warm-up, then cosine decay to min_lr_ratio · lr, or constant
-    warmup_steps: int = 0
+    warmup_steps: int = 5
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 = no clipping
@@ -73,10 +78,12 @@ class TrainConfig:
     def __post_init__(self):
         if not self.surgery_lambda >= 0:
             raise JaxheadsError(f"surgery_lambda must be >= 0 (0 = plain SFT), got {self.surgery_lambda}")
-        for name in ("steps", "batch_size", "grad_accum", "max_length", "save_every", "keep_checkpoints",
-                     "surgery_batch"):
+        for name in ("batch_size", "grad_accum", "max_length", "save_every", "keep_checkpoints", "surgery_batch"):
             if getattr(self, name) < 1:
                 raise JaxheadsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.steps < 0 or not self.epochs > 0:
+            raise JaxheadsError(f"steps must be >= 0 (0 = epochs passes) and epochs > 0, got steps={self.steps}, "
+                                f"epochs={self.epochs}")
         if self.optimizer not in OPTIMIZERS:
             raise JaxheadsError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -88,6 +95,13 @@ class TrainConfig:
         if self.lora_rank < 0:
             raise JaxheadsError(f"lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
         lora_lib.LoraConfig(max(self.lora_rank, 1), self.lora_alpha, tuple(self.lora_targets))  # checks the targets
+
+    def for_examples(self, num_examples: int) -> "TrainConfig":
+        """This config with `steps` set: as given, or (steps = 0) the optimizer steps of `epochs` passes over
+        `num_examples` examples."""
+        if self.steps:
+            return self
+        return dataclasses.replace(self, steps=epochs_to_steps(num_examples, self.epochs, self))
 
     @property
     def lora(self) -> lora_lib.LoraConfig | None:
@@ -185,7 +199,7 @@ def run_fingerprint(model: Model, examples: Sequence[Example], pairs: PairSet | 
     `TrainConfig` field that changes the result (so a finished run asked for other steps is refused too)."""
     shapes = module_class(model.config).shapes(model.config)
     settings = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
-                if field.name not in PLACEMENT_FIELDS}
+                if field.name not in PLACEMENT_FIELDS and field.name != "epochs"}  # steps are set by now
     return {"model": {"name": model.name, **model.fingerprint},
             "param_shapes": {name: list(shape) for name, shape in shapes.items()},
             "examples": content_hash([[list(example.ids), example.prompt_length] for example in examples]),
@@ -267,6 +281,7 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
         raise JaxheadsError("surgery_lambda > 0 needs (harmful, safe) pairs for the sink divergence; pass pairs")
     if not examples:
         raise JaxheadsError("no training examples given")
+    config = config.for_examples(len(examples))
     out_dir = os.fspath(out_dir)
     model_config, lora, dtype = model.config, config.lora, DTYPES[config.dtype]
     base = {name: jnp.asarray(getattr(model.module, name)[...], jnp.float32)

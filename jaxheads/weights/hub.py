@@ -1,8 +1,10 @@
-"""Resolves a Hugging Face hub id to a local checkpoint directory (needs a network and `huggingface_hub`)."""
+"""Resolves a Hugging Face hub id to a local checkpoint directory (needs a network)."""
 
 from __future__ import annotations
 
 import pathlib
+
+from huggingface_hub import hf_hub_download, snapshot_download
 
 from jaxheads.errors import LoadError
 
@@ -12,10 +14,6 @@ HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
 def download_config(repo_id: str, revision: str | None = None) -> pathlib.Path:
     """The folder holding `repo_id`'s config.json alone (downloaded, or found in the local hub cache)."""
     try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as error:
-        raise LoadError("reading a hub id needs huggingface_hub: pip install huggingface_hub") from error
-    try:
         return pathlib.Path(hf_hub_download(repo_id, "config.json", revision=revision)).parent
     except Exception as error:  # the hub client raises many kinds (offline, 404, gated, bad id)
         raise LoadError(f"could not get the config.json of {repo_id!r} from the Hugging Face hub "
@@ -24,10 +22,6 @@ def download_config(repo_id: str, revision: str | None = None) -> pathlib.Path:
 
 def download(repo_id: str, revision: str | None = None) -> pathlib.Path:
     """Downloads (or finds in the local cache) the config, safetensors weights and tokenizer of `repo_id`."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as error:
-        raise LoadError("loading a hub id needs huggingface_hub: pip install huggingface_hub") from error
     try:
         return pathlib.Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES))
     except Exception as error:  # the hub client raises many kinds (offline, 404, gated, bad id)

@@ -1,4 +1,6 @@
-"""Batched, KV-cached generation (greedy or sampled) with interventions applied at every step."""
+"""Batched, KV-cached generation (greedy or sampled) with interventions applied at every step: `generate` runs
+prompts (texts or token ids) `batch_size` at a time, on a mesh or where the weights are; `generate_ids` is the
+jitted decoding loop of one batch."""
 
 from __future__ import annotations
 
@@ -10,13 +12,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
+from tqdm import tqdm
 
+from jaxheads import tokens
 from jaxheads.attention import AttentionMask
+from jaxheads.data.formats import format_prompt
 from jaxheads.errors import JaxheadsError
 from jaxheads.interventions import Interventions
+from jaxheads.loading import Model
 from jaxheads.models.llama import KVCache, positions_from_mask
-
-PAD_MULTIPLE = 8  # prompt lengths are padded up to a multiple of this, to limit recompilation
+from jaxheads.sharding import DATA, place_rows, split_on_mesh, to_host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,47 +53,6 @@ class Generation:
     screen_labels: list[str | None] | None = None
     screen_probs: list[list[float] | None] | None = None
     screened_answers: list[str | None] | None = None
-
-
-def encode_prompts(tokenizer, prompts: Sequence[str], pad_to_multiple: int = PAD_MULTIPLE) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded token ids and attention mask `[B, T]` for prompt texts.
-
-    Special tokens (e.g. BOS) are added unless a text already starts with the tokenizer's BOS string,
-    as chat-template output does.
-    """
-    if tokenizer is None:
-        raise JaxheadsError("this model has no tokenizer; pass token ids instead of texts")
-    if not prompts:
-        raise JaxheadsError("no prompts given")
-    rows = []
-    bos = getattr(tokenizer, "bos_token", None)
-    for text in prompts:
-        if not isinstance(text, str) or not text.strip():
-            raise JaxheadsError(f"empty prompt: {text!r}")
-        add_special = not (bos and text.startswith(bos))
-        rows.append(tokenizer(text, add_special_tokens=add_special)["input_ids"])
-    return pad_left(rows, pad_id(tokenizer), pad_to_multiple)
-
-
-def pad_id(tokenizer) -> int:
-    """The id used for padding: the tokenizer's pad token, else its EOS token, else 0."""
-    for value in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if value is not None:
-            return int(value)
-    return 0
-
-
-def pad_left(rows: Sequence[Sequence[int]], pad: int, pad_to_multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Stacks token id lists into left-padded `ids, mask` arrays `[B, T]`."""
-    width = max(len(row) for row in rows)
-    width = -(-width // pad_to_multiple) * pad_to_multiple
-    ids = np.full((len(rows), width), pad, np.int32)
-    mask = np.zeros((len(rows), width), bool)
-    for i, row in enumerate(rows):
-        if len(row):
-            ids[i, width - len(row):] = row
-            mask[i, width - len(row):] = True
-    return ids, mask
 
 
 def sample_next(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
@@ -160,3 +125,75 @@ def strip_after_eos(tokens: np.ndarray, eos_ids: Sequence[int]) -> list[int]:
         if token in eos_ids:
             return row[:i]
     return row
+
+
+def eos_ids(model: Model) -> tuple[int, ...]:
+    """Token ids that end a generation: the config's EOS ids and the tokenizer's EOS token."""
+    ids = set(model.config.eos_token_ids)
+    tokenizer_eos = getattr(model.tokenizer, "eos_token_id", None)
+    if tokenizer_eos is not None:
+        ids.add(int(tokenizer_eos))
+    return tuple(sorted(ids))
+
+
+def check_per_prompt(interventions: Interventions | None, num_prompts: int) -> bool:
+    """Whether `interventions` hold one `[L, N]` entry per prompt (`[P, L, N]`); a count other than the prompts'
+    is an error."""
+    per_prompt = interventions is not None and jnp.ndim(interventions.q_scale) == 3
+    if per_prompt and interventions.q_scale.shape[0] != num_prompts:
+        raise JaxheadsError(f"{interventions.q_scale.shape[0]} interventions for {num_prompts} prompts")
+    return per_prompt
+
+
+def generate(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]], *, max_new_tokens: int = 64,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+             interventions: Interventions | None = None, batch_size: int = 16, progress: bool = False,
+             mesh: Mesh | None = None, prompt_format: str | None = None) -> Generation:
+    """Generates continuations of prompts with a KV cache, `batch_size` prompts at a time.
+
+    `prompts`: texts (already formatted, unless `prompt_format` is given: template, chat or direct, which formats
+    them here as user requests; tokenized here) or lists of token ids. Greedy when `temperature == 0`.
+    `interventions`: `[L, N]` for every prompt or `[len(prompts), L, N]`.
+    On a `mesh`, batch rows (rounded up to a multiple of its `data` axis) are split over `data` and the weights
+    over `model` by the model's tensor-parallel specs; without one, generation runs where the weights are.
+    Guarded generation (a guard in front, a response judge screening the answers) is `jaxheads.guard.Guard.generate`.
+    """
+    if max_new_tokens < 1:
+        raise JaxheadsError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if prompt_format is not None:
+        prompts = [format_prompt(prompt, prompt_format, model.tokenizer) for prompt in prompts]
+    prompts = list(prompts)
+    per_prompt = check_per_prompt(interventions, len(prompts))
+    sampling = Sampling(float(temperature), int(top_k), float(top_p))
+    graphdef, state = nnx.split(model.module) if mesh is None else split_on_mesh(model.module, mesh)
+    row_multiple = 1 if mesh is None else mesh.shape[DATA]
+    batch_size = tokens.batch_size_for(batch_size, row_multiple)
+    stop_ids, pad = eos_ids(model), tokens.pad_id(model.tokenizer)
+    texts, generated = [], []
+    starts = range(0, len(prompts), batch_size)
+    if progress:
+        starts = tqdm(starts, desc="generate", unit="batch")
+    for start in starts:
+        members = prompts[start:start + batch_size]
+        chunk = tokens.fill(members, tokens.batch_rows(len(members), len(prompts), batch_size, row_multiple))
+        filler = len(chunk) - len(members)
+        if isinstance(chunk[0], str):
+            ids, mask = tokens.encode_prompts(model.tokenizer, chunk)
+        else:
+            ids, mask = tokens.pad_left(chunk, pad, tokens.PROMPT_PAD_MULTIPLE)
+        heads = interventions
+        if per_prompt:
+            rows = np.r_[np.arange(start, start + len(members)), np.full(filler, start)]
+            heads = jax.tree.map(lambda a: jnp.asarray(a)[rows], interventions)
+        rng = jax.random.fold_in(jax.random.key(seed), start)
+        if mesh is not None:
+            ids, mask = place_rows((ids, mask), mesh)
+            if per_prompt:
+                heads = place_rows(heads, mesh)
+        out = to_host(generate_ids(graphdef, state, ids, mask, heads, rng, max_new_tokens=max_new_tokens,
+                                   sampling=sampling, eos_ids=stop_ids, pad=pad))
+        for row in out[:len(members)]:
+            kept = strip_after_eos(row, stop_ids)
+            generated.append(kept)
+            texts.append(model.tokenizer.decode(kept, skip_special_tokens=True) if model.tokenizer else "")
+    return Generation(texts=texts, tokens=generated)
