@@ -1,11 +1,27 @@
-"""Fields that several commands share: their defaults and their one-line help, so every command words them alike."""
+"""What the commands' configs share: the fields several commands take, each with its default and its one-line help
+(so every command words them alike), the trainer's fields (their defaults are `jaxheads.train.TrainConfig`'s own),
+and `command(...)`, which makes a command's `get_config()` and `HELP` from the shared fields it names and its own.
+
+A command's config file is then a list of names and a few fields of its own:
+
+    get_config, HELP = common.command(common.MODEL + common.PROMPTS, dataset="builtin:harmful:heldout",
+                                      out=("runs/NAME", "Output folder."))
+
+`get_config()` returns a fresh `ml_collections.ConfigDict` in that order; `--config=FILE` replaces it with any file
+that has a `get_config()` of the same fields.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Callable
+
 import ml_collections
 
+from jaxheads.train import TrainConfig
+
 # field -> (default, help)
-FIELDS = {
+FIELDS: dict[str, tuple[Any, str]] = {
     "model": ("", "Model: a Hugging Face folder, a .gguf file, a hub id (owner/name) or a packaged name (smollm2, "
                   "gemma3-270m); empty = the embedded SmolLM2-135M-Instruct."),
     "dtype": ("float32", "Parameter and activation dtype: float32 or bfloat16."),
@@ -36,17 +52,86 @@ FIELDS = {
     "harmless": ("", "A harmless prompt set scored like the harmful one (same forms as --dataset); empty = none."),
     "specificity": (0.0, "λ: rank heads by their score on --dataset minus λ times their score on --harmless, so "
                          "that heads every answer needs do not rank first; 0 = the harmful score alone."),
+    "eval_tokens": (64, "Greedy tokens per evaluation response."),
+    "eval_batch_size": (16, "Prompts per generation batch in the evaluations."),
 }
 
+# The help of each trainer field (`jaxheads.train.TrainConfig`; its `dtype` is the shared model dtype).
+TRAIN_HELP = {
+    "steps": "Optimizer steps; 0 = as many as `epochs` passes over the examples take.",
+    "epochs": "Passes over the training examples when steps = 0.",
+    "batch_size": "Examples per micro-batch.",
+    "grad_accum": "Micro-batches accumulated per optimizer step.",
+    "learning_rate": "Peak learning rate.",
+    "optimizer": "adamw, or sgd (plain gradient steps, no moment estimates).",
+    "schedule": "Learning-rate schedule after the warm-up: cosine (decay to min_lr_ratio x lr) or constant.",
+    "warmup_steps": "Linear warm-up steps from 0.",
+    "min_lr_ratio": "Final learning rate of the cosine schedule, as a fraction of the peak.",
+    "weight_decay": "AdamW weight decay (not applied to norms and biases).",
+    "max_grad_norm": "Global gradient-norm clipping; 0 = none.",
+    "lora_rank": "LoRA rank; 0 = full fine-tuning.",
+    "lora_alpha": "LoRA scale numerator (scale = alpha / rank).",
+    "lora_targets": "Projections that get LoRA adapters, among q,k,v,o,gate,up,down.",
+    "surgery_lambda": "Weight of the Surgery penalty mean ReLU(sink divergence); 0 = plain fine-tuning.",
+    "surgery_batch": "(harmful, safe) samples per step for the Surgery penalty.",
+    "sink_every": "Log the number of positive-divergence heads every this many steps; 0 = never.",
+    "max_length": "Tokens per training example (prompt + answer); longer answers are cut.",
+    "fsdp": "On a mesh, also split each parameter's largest divisible axis over the data axis.",
+    "seed": "Seed of the data order, LoRA initialisation and Surgery draws.",
+    "save_every": "Checkpoint every this many steps (and at the end, and on Ctrl-C).",
+    "keep_checkpoints": "Checkpoints kept on disk.",
+}
+NOT_FLAGS = ("dtype",)  # TrainConfig fields that are not trainer flags (the model's --dtype is the compute dtype)
 
-def shared(names: tuple[str, ...], **defaults) -> ml_collections.ConfigDict:
-    """A config holding the shared fields `names` with their usual defaults (`defaults` overrides some)."""
-    unknown = set(defaults) - set(names)
+# Groups of shared fields, in the order the commands list them.
+MODEL = ("model", "dtype")
+PROMPTS = ("dataset", "column", "limit", "prompt_format")
+ABLATION = ("ablation", "epsilon")
+SPECIFICITY = ("harmless", "specificity")
+SCAN = ("batch_size", "chunk_size", "mesh")
+GENERATION = ("max_new_tokens", "judge", "batch_size", "mesh")
+EVALUATION = ("eval_tokens", "judge", "eval_batch_size")
+
+
+def flag_value(value: Any) -> Any:
+    """A TrainConfig default as a flag value: tuples (lora_targets) become comma-separated text."""
+    return ",".join(value) if isinstance(value, tuple) else value
+
+
+def train_fields() -> dict[str, tuple[Any, str]]:
+    """The trainer's fields in TrainConfig's order with TrainConfig's defaults and their help, and the training
+    `mesh` after `fsdp`."""
+    fields = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in NOT_FLAGS:
+            continue
+        fields[field.name] = (flag_value(field.default), TRAIN_HELP[field.name])
+        if field.name == "fsdp":
+            fields["mesh"] = FIELDS["mesh"]
+    return fields
+
+
+TRAIN = tuple(train_fields())
+
+
+def command(layout: tuple[str, ...], *, defaults: dict[str, Any] | None = None, helps: dict[str, str] | None = None,
+            **own: tuple[Any, str]) -> tuple[Callable[[], ml_collections.ConfigDict], dict[str, str]]:
+    """`(get_config, HELP)` of a command whose fields are `layout`, in that order (shared or trainer fields, with
+    `defaults` and `helps` replacing some of their defaults and help lines, and the command's `own` fields,
+    `name=(default, help)`), then the own fields `layout` does not name. A command with the trainer's fields
+    (`TRAIN`) takes the trainer's `batch_size`, `seed` and `mesh` rather than the scans'."""
+    defaults, helps = dict(defaults or {}), dict(helps or {})
+    shared = [name for name in layout if name not in own]
+    unknown = (set(defaults) | set(helps)) - set(shared)
     if unknown:
-        raise KeyError(f"defaults given for fields not listed: {sorted(unknown)}")
-    return ml_collections.ConfigDict({name: defaults.get(name, FIELDS[name][0]) for name in names}, sort_keys=False)
+        raise KeyError(f"defaults or help given for fields that are not shared fields of the layout: {sorted(unknown)}")
+    known = {**FIELDS, **(train_fields() if set(TRAIN) <= set(layout) else {})}
+    fields = {}
+    for name in [*layout, *(name for name in own if name not in layout)]:
+        default, line = own[name] if name in own else known[name]
+        fields[name] = (defaults.get(name, default), helps.get(name, line))
 
+    def get_config() -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict({name: default for name, (default, _) in fields.items()}, sort_keys=False)
 
-def help_lines(names: tuple[str, ...], **own: str) -> dict[str, str]:
-    """The help line of every field: the shared fields `names`, then a command's own fields `own`."""
-    return {**{name: FIELDS[name][1] for name in names}, **own}
+    return get_config, {name: line for name, (_, line) in fields.items()}

@@ -6,18 +6,11 @@ At SmolLM2-135M size that is 500 steps: hours on a CPU, minutes on a GPU."""
 from jaxheads.configs import finetune
 
 HELP = finetune.HELP
+AUTHORS = dict(num_samples=1000, epochs=5.0, steps=0, batch_size=10, learning_rate=5e-6, schedule="constant",
+               warmup_steps=0, dtype="bfloat16", max_length=512, surgery_lambda=300.0)
 
 
 def get_config():
     config = finetune.get_config()
-    config.num_samples = 1000
-    config.epochs = 5.0
-    config.steps = 0
-    config.batch_size = 10
-    config.learning_rate = 5e-6
-    config.schedule = "constant"
-    config.warmup_steps = 0
-    config.dtype = "bfloat16"
-    config.max_length = 512
-    config.surgery_lambda = 300.0
+    config.update(AUTHORS)
     return config

@@ -1,10 +1,6 @@
 """Defaults of `jaxheads guard classify`: the guard's tier and probabilities for every prompt of a set (metrics too
 when the set is labelled)."""
 
-from jaxheads.configs import guard_eval
+from jaxheads.configs import common, guard_eval
 
-HELP = guard_eval.fields("runs/guard_classify")[1]
-
-
-def get_config():
-    return guard_eval.fields("runs/guard_classify")[0]
+get_config, HELP = common.command((), **guard_eval.FIELDS, out=("runs/guard_classify", guard_eval.OUT))

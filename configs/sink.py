@@ -2,23 +2,13 @@
 
 from jaxheads.configs import common
 
-SHARED = ("model", "dtype", "dataset", "limit", "prompt_format", "seed")
-HELP = common.help_lines(
-    SHARED,
-    answers_model="Unaligned model whose greedy completions are the harmful answers (same forms as --model); "
-                  "empty = the embedded SmolLM2.",
-    answer_tokens="Greedy tokens for the harmful answers.",
-    batch_size="Sequences per batch.",
-    max_length="Tokens per (prompt + answer) sequence; longer answers are cut.",
-    out="Output folder.",
+get_config, HELP = common.command(
+    common.MODEL + ("dataset", "limit", "prompt_format", "seed"),
+    defaults={"dataset": "builtin:harmful:heldout"},
+    answers_model=("", "Unaligned model whose greedy completions are the harmful answers (same forms as --model); "
+                       "empty = the embedded SmolLM2."),
+    answer_tokens=(96, "Greedy tokens for the harmful answers."),
+    batch_size=(8, "Sequences per batch."),
+    max_length=(256, "Tokens per (prompt + answer) sequence; longer answers are cut."),
+    out=("runs/sink", "Output folder."),
 )
-
-
-def get_config():
-    config = common.shared(SHARED, dataset="builtin:harmful:heldout")
-    config.answers_model = ""
-    config.answer_tokens = 96
-    config.batch_size = 8
-    config.max_length = 256
-    config.out = "runs/sink"
-    return config

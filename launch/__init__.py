@@ -1,5 +1,5 @@
-"""The `jaxheads` command's launches, one module per subcommand (installed as `jaxheads.launch`): each parses
-flags into its config and calls the library's `jaxheads.jobs.NAME.run(config)`."""
+"""The `jaxheads` command (installed as `jaxheads.launch`): `cli.COMMANDS` maps each command to its config and its
+job, `common` parses flags into the config and runs the job; `python -m jaxheads.launch COMMAND` is the same."""
 
 import os
 

@@ -6,13 +6,19 @@ the command's `run(config)`; an error the user can fix is printed as one line, n
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import sys
 import textwrap
 from types import ModuleType
 from typing import Callable
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from jaxheads.errors import JaxheadsError
+from jaxheads.weights.cache import cache_root
 
 FLAGS = flags.FLAGS
 HELP_ARGS = ("-h", "--help", "-help", "-?", "--helpshort")
@@ -47,11 +53,18 @@ def define_flags(config_module: ModuleType) -> None:
     flags.DEFINE_boolean("debug", False, PROCESS_FLAGS["debug"])
 
 
-def help_text(command: str, config_module: ModuleType, doc: str) -> str:
-    """`jaxheads COMMAND --help`: what the command does and every flag with its default."""
+def help_text(command: str, config_module: ModuleType, doc: str, inputs: str | None = None, many: bool = False) -> str:
+    """`jaxheads COMMAND --help`: what the command does, examples, and every flag with its default."""
     width = 100
-    lines = [f"usage: jaxheads {command} [--FLAG=VALUE ...]", ""]
-    lines += [textwrap.fill(part, width) for part in textwrap.dedent(doc).strip().split("\n\n")[:1]]
+    files = "" if inputs is None else " [FILE ...]" if many else " [FILE]"
+    lines = [f"usage: jaxheads {command}{files} [--FLAG=VALUE ...]", ""]
+    description, *examples = inspect.cleandoc(doc).split("\n\n")
+    lines.append(textwrap.fill(" ".join(description.split()), width))
+    if inputs is not None:
+        lines += ["", textwrap.fill(f"Files given without a flag are --{inputs}" + (" (several: joined with commas)."
+                                                                                  if many else "."), width)]
+    if examples:
+        lines += ["", "examples:"] + [f"  {line.strip()}" for part in examples for line in part.splitlines()]
     lines += ["", f"flags (defaults from {config_file(config_module)}):"]
     rows = [(name, value, config_module.HELP[name]) for name, value in config_module.get_config().items()]
     rows += [("distributed", False, PROCESS_FLAGS["distributed"]),
@@ -72,8 +85,6 @@ def named_config(arg: str) -> str:
     name = arg.removeprefix("--config=") if arg.startswith("--config=") else None
     if not name or not name.isidentifier():
         return arg
-    import importlib.util
-
     spec = importlib.util.find_spec(f"jaxheads.configs.{name}")
     return f"--config={spec.origin}" if spec is not None else arg
 
@@ -81,8 +92,6 @@ def named_config(arg: str) -> str:
 def resolved_config(config_module: ModuleType):
     """The command's config: its defaults, then the fields of a `--config` file (and `--config.FIELD` flags), then
     every flag given on the command line. A config file with a field the command does not know is an error."""
-    from jaxheads.errors import JaxheadsError
-
     config = config_module.get_config()
     given = FLAGS.config
     unknown = sorted(set(given) - set(config))
@@ -99,37 +108,45 @@ def resolved_config(config_module: ModuleType):
 
 def cache_compilations() -> None:
     """Turns on JAX's persistent compilation cache in the jaxheads cache folder."""
-    import jax
-
-    from jaxheads.weights.cache import cache_root
-
     jax.config.update("jax_compilation_cache_dir", str(cache_root() / "xla"))
 
 
-def launch(command: str, run: Callable, config_module: ModuleType, doc: str, argv: list[str] | None = None) -> None:
-    """Parses `argv` (default: the process's arguments) into the command's config and calls `run(config)`.
-    `--help` prints every flag with its default and exits with status 0."""
+def with_inputs(config, command: str, files: list[str], inputs: str | None, many: bool):
+    """`config` with the arguments given without a flag (`files`) as its field `inputs` (comma-joined when the
+    command takes `many`); arguments a command does not take, or given both ways, are errors naming the flag."""
+    if not files:
+        return config
+    if inputs is None:
+        raise JaxheadsError(f"jaxheads {command} takes only --flags, not {' '.join(files)}")
+    if len(files) > 1 and not many:
+        raise JaxheadsError(f"jaxheads {command} takes one file without a flag (--{inputs}), got {len(files)}: "
+                            f"{' '.join(files)}")
+    if FLAGS[inputs].present:
+        raise JaxheadsError(f"jaxheads {command}: give --{inputs} or the file(s) {' '.join(files)}, not both")
+    config[inputs] = ",".join(files)
+    return config
+
+
+def launch(command: str, run: Callable, config_module: ModuleType, doc: str, argv: list[str] | None = None,
+           inputs: str | None = None, many: bool = False) -> None:
+    """Parses `argv` (default: the process's arguments) into the command's config and calls `run(config)`;
+    arguments without a flag fill the config field `inputs` (several with `many`). `--help` prints every flag
+    with its default and exits with status 0."""
     argv = [named_config(arg) for arg in (sys.argv if argv is None else argv)]
     if any(arg in HELP_ARGS for arg in argv[1:]):
-        sys.stdout.write(help_text(command, config_module, doc))
+        sys.stdout.write(help_text(command, config_module, doc, inputs, many))
         sys.exit(0)
     define_flags(config_module)
 
     def main(leftover: list[str]) -> None:
-        from jaxheads.errors import JaxheadsError
-
-        if len(leftover) > 1:
-            raise app.UsageError(f"jaxheads {command} takes only --flags, not {' '.join(leftover[1:])}")
         if FLAGS.distributed:
-            import jax
-
             jax.distributed.initialize()
         if FLAGS.compilation_cache:
             cache_compilations()
         if not FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # Orbax and absl INFO lines bury the progress bars
         try:
-            run(resolved_config(config_module))
+            run(with_inputs(resolved_config(config_module), command, leftover[1:], inputs, many))
         except (JaxheadsError, KeyboardInterrupt) as error:
             if FLAGS.debug:
                 raise

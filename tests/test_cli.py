@@ -69,7 +69,7 @@ def test_every_config_field_has_one_help_line():
 
 def test_python_dash_m_runs_a_launch(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-m", "jaxheads.launch.sahara", "--help"], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, "-m", "jaxheads.launch", "sahara", "--help"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--steps=3" in result.stdout
 
@@ -117,3 +117,44 @@ def test_every_package_folder_is_installed():
             rest = init.parent.relative_to(REPO / top).as_posix().replace("/", ".").strip(".")
             found.add(".".join(filter(None, [mapped.get(top, top), rest])))
     assert found == set(setuptools["packages"])
+
+
+# Every flag and its default as `jaxheads COMMAND --help` printed them at commit 46e6e15, before the commands were
+# gathered into one table (launch/cli.py) and the configs into shared fields (configs/common.py).
+FLAGS_BEFORE = json.loads((REPO / "tests" / "data" / "flags_46e6e15.json").read_text())
+FLAGS_ADDED = {}  # command -> {flag: shown default} of flags added since
+
+
+def shown_flags(text: str) -> dict[str, str]:
+    import re
+
+    return dict(re.findall(r"^  --([a-z_]+)=(.*)$", text, flags=re.M))
+
+
+def test_every_command_lists_the_flags_and_defaults_it_had(tmp_path):
+    found = json.loads(subprocess.run([sys.executable, "-c", HELP_OF_EVERY_COMMAND], cwd=tmp_path, capture_output=True,
+                                      text=True, timeout=300, check=True).stdout)
+    assert set(found) == set(FLAGS_BEFORE)
+    for command, (_, text) in found.items():
+        assert shown_flags(text) == {**FLAGS_BEFORE[command], **FLAGS_ADDED.get(command, {})}, command
+
+
+def test_the_training_commands_defaults_are_the_trainers_own():
+    """The trainer fields of align, finetune, guard train and judge train are TrainConfig's defaults, except where
+    a command's config names another value."""
+    import dataclasses
+
+    from jaxheads.configs import common
+    from jaxheads.train import TrainConfig
+
+    library = {field.name: common.flag_value(field.default) for field in dataclasses.fields(TrainConfig)
+               if field.name not in common.NOT_FLAGS}
+    changed = {"align": {"epochs", "learning_rate", "warmup_steps", "max_length"},
+               "finetune": {"learning_rate", "surgery_lambda", "sink_every"},
+               "guard_train": {"epochs", "learning_rate", "warmup_steps", "lora_rank", "lora_targets"},
+               "judge_train": {"epochs", "max_length", "learning_rate", "warmup_steps", "lora_rank", "lora_targets"}}
+    for command, names in changed.items():
+        config = importlib.import_module(f"jaxheads.configs.{command}").get_config()
+        same = {name: config[name] for name in library if name not in names}
+        assert same == {name: library[name] for name in same}, command
+        assert all(config[name] != library[name] for name in names), command

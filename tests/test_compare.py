@@ -191,7 +191,7 @@ def test_unrankable_or_unusable_inputs_are_errors(tmp_path):
     with pytest.raises(JaxheadsError, match="--top_k must be comma-separated integers"):
         job.run(config_of(runs=f"{good},{good}", top_k="5,ten"))
     with pytest.raises(JaxheadsError, match="--top_k 25 exceeds the 20 heads"):
-        job.run(config_of(runs=f"x={good},y={good}", top_k="5,25", out=str(tmp_path / "out")))
+        job.run(config_of(runs=f"x={good},y={good}", top_k="25", out=str(tmp_path / "out")))
     with pytest.raises(JaxheadsError, match="label them apart with NAME=PATH"):
         job.run(config_of(runs=f"x={good},x={good}", out=str(tmp_path / "out")))
 
@@ -219,6 +219,15 @@ def test_the_command_writes_its_files(tmp_path):
     written = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert written["pairs"][0]["top_k"]["10"]["overlap"] == 4
     assert written["provenance"]["argv"][1] == "compare"
-    positional = subprocess.run([command, "compare", "llama/ships.json", "vicuna/ships.json"], cwd=tmp_path, env=env,
+    # The files as arguments; the default --top_k=5,10,20 with a k above the 20 heads skipped, and said.
+    positional = subprocess.run([command, "compare", "llama/ships.json", "vicuna/ships.json", "--top_k=5,10,20,40",
+                                 "--out=cmp2", "--compilation_cache=false"], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=300)
-    assert positional.returncode != 0 and "takes only --flags" in positional.stderr
+    assert positional.returncode == 0, positional.stderr
+    assert "skipping --top_k 40: more than the 20 heads (4 layers x 5 heads)" in positional.stdout
+    again = json.loads((tmp_path / "cmp2" / "compare.json").read_text())
+    assert again["top_k"] == [5, 10, 20] and again["skipped_top_k"] == [40]
+    assert again["pairs"][0]["top_k"]["10"] == written["pairs"][0]["top_k"]["10"]
+    both = subprocess.run([command, "compare", "llama/ships.json", "--runs=vicuna/ships.json"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert both.returncode == 2 and "give --runs or the file(s) llama/ships.json, not both" in both.stderr

@@ -108,10 +108,15 @@ def run(config) -> dict:
                            for run_ in runs)
         raise DataError(f"the runs have different shapes, so their heads cannot be matched: {listed}")
     num_layers, num_heads = runs[0]["scores"].shape
-    too_large = [k for k in ks if k > num_layers * num_heads]
-    if too_large:
-        raise JaxheadsError(f"--top_k {', '.join(map(str, too_large))} exceeds the {num_layers * num_heads} heads "
-                            f"({num_layers} layers x {num_heads} heads)")
+    skipped = [k for k in ks if k > num_layers * num_heads]
+    ks = [k for k in ks if k not in skipped]
+    if not ks:
+        raise JaxheadsError(f"--top_k {', '.join(map(str, skipped))} exceeds the {num_layers * num_heads} heads "
+                            f"({num_layers} layers x {num_heads} heads); give a k of at most "
+                            f"{num_layers * num_heads}")
+    if skipped:
+        print(f"skipping --top_k {', '.join(map(str, skipped))}: more than the {num_layers * num_heads} heads "
+              f"({num_layers} layers x {num_heads} heads)")
     pairs = []
     for a, b in itertools.combinations(runs, 2):
         stats = compare.compare_pair(a["scores"], b["scores"], ks)
@@ -125,6 +130,7 @@ def run(config) -> dict:
                    for run_ in runs]
     result = {
         "num_layers": int(num_layers), "num_heads": int(num_heads), "runs": listed_runs, "pairs": pairs,
+        "top_k": ks, "skipped_top_k": skipped,
         "ranking": RANKING,
         "axes": {"runs.top_heads.K": ["rank", "(layer, head)"],
                  "pairs.top_k.K.shared": ["shared head, in the first run's rank order", "(layer, head)"]},
