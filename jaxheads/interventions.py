@@ -1,4 +1,4 @@
-"""Per-head interventions as data (DESIGN.md §1–2).
+"""Per-head interventions as data (docs/methods.md §1–2).
 
 An `Interventions` holds arrays of shape `[..., L, N]`; leading axes are a batch of interventions that
 `jax.vmap` (or a sharded batch axis) runs over, or, for generation, one intervention per prompt.

@@ -1,5 +1,5 @@
 """Sahara: greedy forward selection of the head group whose joint ablation most changes the dataset-level
-representation (DESIGN.md §4)."""
+representation (docs/methods.md §4)."""
 
 from __future__ import annotations
 

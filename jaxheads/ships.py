@@ -1,4 +1,4 @@
-"""Ships (Safety Head ImPortant Score), query level and dataset level (DESIGN.md §3–4)."""
+"""Ships (Safety Head ImPortant Score), query level and dataset level (docs/methods.md §3–4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attention-sink statistics per head and the Surgery regularizer (DESIGN.md §6).
+"""Attention-sink statistics per head and the Surgery regularizer (docs/methods.md §7–8).
 
 Only the attention column onto each sequence's sink (its first real token) is computed, `[L, B, N, T]`,
 never the `[T, T]` maps (on long prompts the blocked kernel reads it off its running max and sum). Everything here is a pure, jittable, differentiable function of the module's

@@ -1,4 +1,4 @@
-"""How a query becomes model input (DESIGN.md §5): the paper's template, the tokenizer's chat template, or raw."""
+"""How a query becomes model input (docs/methods.md §5): the paper's template, the tokenizer's chat template, or raw."""
 
 from __future__ import annotations
 

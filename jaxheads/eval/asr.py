@@ -1,4 +1,4 @@
-"""Attack success rate: greedy responses with heads ablated, judged for refusal (DESIGN.md §5)."""
+"""Attack success rate: greedy responses with heads ablated, judged for refusal (docs/methods.md §6)."""
 
 from __future__ import annotations
 

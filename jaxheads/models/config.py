@@ -20,7 +20,7 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 class ModelConfig:
     """Architecture of a decoder-only model (hashable, so it can be a static jit argument).
 
-    Symbols (DESIGN.md): L = num_layers, N = num_heads, K = num_kv_heads, d = head_dim, V = vocab_size.
+    Symbols (docs/methods.md, Notation): L = num_layers, N = num_heads, K = num_kv_heads, d = head_dim, V = vocab_size.
     `sliding_window` limits every layer (Mistral); Gemma 2/3 instead limit only the layers flagged in
     `local_layers` to `local_window`, and Gemma 3 gives those local layers their own RoPE base.
     """

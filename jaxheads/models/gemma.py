@@ -1,7 +1,7 @@
 """Gemma decoders in Flax NNX: Gemma (1), Gemma 2 and Gemma 3 (text).
 
 They share the Llama family's layout (heads as an explicit axis, layers stacked on a leading L axis), its
-attention core with the per-head interventions of DESIGN.md §1, its KV cache and its layer loop. What differs:
+attention core with the per-head interventions of docs/methods.md §1, its KV cache and its layer loop. What differs:
 RMSNorm with a `(1 + w)` weight applied in float32, embeddings scaled by √D, a GeGLU MLP, attention scaled by
 `query_pre_attn_scalar ** -0.5`; Gemma 2/3 add norms after attention and MLP, attention and final-logit
 soft-capping and sliding-window (local) layers among global ones; Gemma 3 adds QK-norm and a RoPE base of its

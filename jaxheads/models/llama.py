@@ -1,7 +1,7 @@
 """Llama-family decoder in Flax NNX: Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3 (QK-norm), SmolLM2, TinyLlama.
 
 Heads are an explicit axis of every attention weight (`q: [L, D, N, d]`, `o: [L, N, d, D]`), so per-head
-interventions (DESIGN.md §1) act on `[B, T, N, d]` arrays before `o_proj`, and all L layers are stacked on a
+interventions (docs/methods.md §1) act on `[B, T, N, d]` arrays before `o_proj`, and all L layers are stacked on a
 leading axis so the decoder runs as one `lax.scan` (or a loop from any layer on, for prefix-reusing scans).
 Masks are described compactly (`jaxheads.attention.AttentionMask`) and attention runs the dense or the blocked
 kernel by key length (the module's `attention_kernel`), so long prompts need memory linear in their length.

@@ -1,5 +1,5 @@
 """Training data built by the project: refusal targets, a model's own answers (cached), an arithmetic word-problem
-task with exact answers, and the benign/harmful mixture of the harmful fine-tuning protocol (DESIGN.md §6)."""
+task with exact answers, and the benign/harmful mixture of the harmful fine-tuning protocol (docs/methods.md §9)."""
 
 from __future__ import annotations
 
