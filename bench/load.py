@@ -19,8 +19,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jaxheads
 from bench.common import machine
 from jaxheads.errors import LoadError
-from jaxheads.weights.packaged import PACKAGED_MODELS
 from jaxheads.weights import cache
+from jaxheads.weights.packaged import PACKAGED_MODELS
 
 
 def timed(fn) -> float:

@@ -81,10 +81,10 @@ def measure(shape: str, tokens: int, kernel_name: str) -> dict:
     from jaxheads import ships
     from jaxheads.loading import Model
     from jaxheads.models.config import ModelConfig
-    from jaxheads.models.llama import Llama
+    from jaxheads.models.decoder import Decoder
 
     cfg = ModelConfig(model_type="llama", **SHAPES[shape], max_position_embeddings=max(tokens, 4096))
-    module = Llama(cfg, rngs=nnx.Rngs(0))
+    module = Decoder(cfg, rngs=nnx.Rngs(0))
     module.attention_kernel = kernel_for(kernel_name)
     model = Model(name=f"random-{shape}", config=cfg, tokenizer=None, module=module)
     prompt = [int(t) for t in np.random.default_rng(0).integers(3, cfg.vocab_size, tokens)]

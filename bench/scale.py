@@ -24,9 +24,9 @@ from flax import nnx
 from bench.common import layer_flops, machine, matmul_peak_gflops
 from jaxheads.loading import Model
 from jaxheads.models.config import ModelConfig
-from jaxheads.models.llama import Llama
-from jaxheads.sahara import sahara
+from jaxheads.models.decoder import Decoder
 from jaxheads.plan import describe, plan
+from jaxheads.sahara import sahara
 
 SHAPES = {
     "7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
@@ -59,7 +59,7 @@ def main():
     peak = matmul_peak_gflops(dtype, size=8192 if jax.devices()[0].platform == "gpu" else 2048)
     print(f"{args.dtype} matmul peak: {peak / 1000:.3g} TFLOP/s")
     started = time.perf_counter()
-    module = Llama(cfg, dtype=dtype, rngs=nnx.Rngs(0))
+    module = Decoder(cfg, dtype=dtype, rngs=nnx.Rngs(0))
     jax.block_until_ready(nnx.state(module))
     print(f"random {args.shape} model ({sum(x.size for x in jax.tree.leaves(nnx.state(module))) / 1e9:.2f} B "
           f"params, {args.dtype}) in {time.perf_counter() - started:.1f} s")

@@ -133,8 +133,8 @@ def measure(directory: str, mode: str) -> dict:
 
     import jaxheads
     from jaxheads.loading import config_from_hf
-    from jaxheads.weights.build import module_from_tensors
     from jaxheads.sharding import make_mesh
+    from jaxheads.weights.build import module_from_tensors
     from jaxheads.weights.safetensors import read_config, read_tensors
 
     shape, fsdp = MODES[mode]

@@ -25,12 +25,13 @@ import optax
 
 import jaxheads
 from bench.common import machine
-from jaxheads.weights.build import module_from_arrays
-from jaxheads.models.llama import (apply_rope, attention_mask_for_prompt, param_shapes, positions_from_mask,
-                                   rms_norm, rope_tables)
+from jaxheads.models.decoder import attention_mask_for_prompt, positions_from_mask
+from jaxheads.models.layers import apply_rope, rms_norm, rope_tables
+from jaxheads.models.params import shapes as param_shapes
 from jaxheads.sink import sink_attention, sink_index, surgery_penalty
 from jaxheads.train import Batch, TrainConfig
 from jaxheads.train.trainer import make_optimizer, response_cross_entropy
+from jaxheads.weights.build import module_from_arrays
 
 VARIANTS = ("sft", "surgery (sink column)", "surgery (full attention maps)")
 

@@ -42,6 +42,9 @@ FIELDS: dict[str, tuple[Any, str]] = {
                       "(16 on CPU)."),
     "mesh": ("", "Device mesh 'data,model', e.g. 4,2 (-1 = the remaining devices); empty = every device "
                  "data-parallel."),
+    "sharding": ("tp", "Sharding rules on the mesh: tp (query heads, KV heads, MLP width and vocabulary over model), "
+                       "fsdp (parameters over data, gathered layer by layer), tp_fsdp (both), optionally +AXIS=TARGET "
+                       "changes (docs/scaling.md)."),
     "max_new_tokens": (64, "Greedy tokens generated per prompt."),
     "judge": ("keyword", "Judge of the ASR: keyword (jaxheads' list, any case), reference (the Ships authors' list "
                          "and rule, case-sensitive), guard (the shipped response judge: success = harmful_compliance) "
@@ -76,7 +79,8 @@ TRAIN_HELP = {
     "surgery_batch": "(harmful, safe) samples per step for the Surgery penalty.",
     "sink_every": "Log the number of positive-divergence heads every this many steps; 0 = never.",
     "max_length": "Tokens per training example (prompt + answer); longer answers are cut.",
-    "fsdp": "On a mesh, also split each parameter's largest divisible axis over the data axis.",
+    "fsdp": "On a mesh, also split each parameter's hidden axis over the data axis (--sharding=tp_fsdp).",
+    "sharding": FIELDS["sharding"][1],
     "seed": "Seed of the data order, LoRA initialisation and Surgery draws.",
     "save_every": "Checkpoint every this many steps (and at the end, and on Ctrl-C).",
     "keep_checkpoints": "Checkpoints kept on disk.",
@@ -88,8 +92,8 @@ MODEL = ("model", "dtype")
 PROMPTS = ("dataset", "column", "limit", "prompt_format")
 ABLATION = ("ablation", "epsilon")
 SPECIFICITY = ("harmless", "specificity")
-SCAN = ("batch_size", "chunk_size", "mesh")
-GENERATION = ("max_new_tokens", "judge", "batch_size", "mesh")
+SCAN = ("batch_size", "chunk_size", "mesh", "sharding")
+GENERATION = ("max_new_tokens", "judge", "batch_size", "mesh", "sharding")
 EVALUATION = ("eval_tokens", "judge", "eval_batch_size")
 
 
@@ -106,7 +110,7 @@ def train_fields() -> dict[str, tuple[Any, str]]:
         if field.name in NOT_FLAGS:
             continue
         fields[field.name] = (flag_value(field.default), TRAIN_HELP[field.name])
-        if field.name == "fsdp":
+        if field.name == "sharding":
             fields["mesh"] = FIELDS["mesh"]
     return fields
 

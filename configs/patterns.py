@@ -4,7 +4,7 @@ prompts."""
 from jaxheads.configs import common
 
 get_config, HELP = common.command(
-    common.MODEL + ("limit", "prompt_format", "batch_size"),
+    common.MODEL + ("limit", "prompt_format", "batch_size", "mesh", "sharding"),
     defaults={"limit": 16, "batch_size": 8},
     heads=("", "Heads as layer:head pairs, e.g. 18:8,5:6."),
     heads_from=("", "A sahara.json (its chosen heads) or ships.json (its top heads) instead of --heads."),

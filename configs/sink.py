@@ -3,7 +3,7 @@
 from jaxheads.configs import common
 
 get_config, HELP = common.command(
-    common.MODEL + ("dataset", "limit", "prompt_format", "seed"),
+    common.MODEL + ("dataset", "limit", "prompt_format", "seed", "mesh", "sharding"),
     defaults={"dataset": "builtin:harmful:heldout"},
     answers_model=("", "Unaligned model whose greedy completions are the harmful answers (same forms as --model); "
                        "empty = the embedded SmolLM2."),

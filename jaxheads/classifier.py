@@ -42,9 +42,10 @@ from jaxheads.data.loaders import LabelledPrompt
 from jaxheads.errors import DataError, JaxheadsError, LoadError
 from jaxheads.eval.calibration import choose_alarm_threshold, choose_threshold, fit_temperature, nll, softmax
 from jaxheads.eval.metrics import metrics
-from jaxheads.models import module_class
-from jaxheads.models.llama import positions_from_mask, prompt_attention_mask
-from jaxheads.sharding import DATA, place_rows, split_on_mesh, to_host
+from jaxheads.models import params as param_table
+from jaxheads.models.decoder import positions_from_mask, prompt_attention_mask
+from jaxheads.placement import split_on_mesh
+from jaxheads.sharding import DATA, place_rows, to_host
 from jaxheads.train import Example, LoraConfig, train
 from jaxheads.train.lora import fan_in_out, merge
 from jaxheads.weights.build import module_from_arrays
@@ -193,7 +194,7 @@ class Adapter:
         trained, given = self.model.get("shape", {}), model_shape(model.config)
         differ = [f"{name} {trained.get(name)} -> {given[name]}" for name in SHAPE_FIELDS
                   if trained.get(name) != given[name]]
-        shapes = module_class(model.config).shapes(model.config)
+        shapes = param_table.shapes(model.config)
         for target, pair in ([] if differ else self.arrays.items()):
             if target not in shapes:
                 differ.append(f"{target} weights (absent from the model)")
@@ -313,7 +314,7 @@ class Classifier:
 
 def merged_model(model, lora, arrays: dict):
     """A `Model` like `model` with the LoRA `arrays` added to its weights (in the model's dtype)."""
-    names = module_class(model.config).shapes(model.config)
+    names = param_table.shapes(model.config)
     weights = {name: getattr(model.module, name)[...] for name in names}
     dtype = weights["embed"].dtype
     merged = merge(lora, weights, {target: {part: jnp.asarray(array) for part, array in pair.items()}

@@ -21,8 +21,10 @@ from jaxheads.data.formats import format_prompt
 from jaxheads.errors import JaxheadsError
 from jaxheads.interventions import Interventions
 from jaxheads.loading import Model
-from jaxheads.models.llama import KVCache, positions_from_mask
-from jaxheads.sharding import DATA, place_rows, split_on_mesh, to_host
+from jaxheads.models.decoder import positions_from_mask
+from jaxheads.models.layers import KVCache
+from jaxheads.placement import split_on_mesh
+from jaxheads.sharding import DATA, constrain, place_rows, to_host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +85,8 @@ def generate_ids(graphdef, state, input_ids, prompt_mask, heads: Interventions |
     S = T + max_new_tokens
     dtype = model.embed.dtype
     cache_shape = (cfg.num_layers, B, S, cfg.num_kv_heads, cfg.head_dim)
-    cache = KVCache(jnp.zeros(cache_shape, dtype), jnp.zeros(cache_shape, dtype))
+    cache_axes = ("layers", "batch", "length", "act_kv_heads", None)
+    cache = KVCache(*(constrain(model.layout, jnp.zeros(cache_shape, dtype), cache_axes) for _ in range(2)))
     key_valid = jnp.concatenate([prompt_mask, jnp.zeros((B, max_new_tokens), bool)], axis=1)
     positions = positions_from_mask(prompt_mask)
     mask = AttentionMask(key_valid, jnp.arange(T, dtype=jnp.int32), cfg.sliding_window)  # prompt t in slot t
@@ -155,7 +158,9 @@ def generate(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]], *, 
     them here as user requests; tokenized here) or lists of token ids. Greedy when `temperature == 0`.
     `interventions`: `[L, N]` for every prompt or `[len(prompts), L, N]`.
     On a `mesh`, batch rows (rounded up to a multiple of its `data` axis) are split over `data` and the weights
-    over `model` by the model's tensor-parallel specs; without one, generation runs where the weights are.
+    over `model` by the model's layout (its own when it was loaded onto that mesh, else tensor parallel), the KV
+    cache split over KV heads and the logits over the vocabulary; without one, generation runs where the weights
+    are.
     Guarded generation (a guard in front, a response judge screening the answers) is `jaxheads.guard.Guard.generate`.
     """
     if max_new_tokens < 1:

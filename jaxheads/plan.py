@@ -19,9 +19,10 @@ import math
 
 import numpy as np
 
-from jaxheads.models import module_class
+from jaxheads.models import params as param_table
 from jaxheads.models.config import ModelConfig
 from jaxheads.scan import MAX_AUTO_CHUNK, ablation_bytes
+from jaxheads.sharding import mesh_sizes, parse_rules, resolve_spec, split_of
 
 GIB = 2 ** 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
@@ -52,14 +53,15 @@ class MemoryPlan:
         return None if self.device_bytes is None else self.total <= self.device_bytes
 
 
-def weights_per_device(cfg: ModelConfig, itemsize: int, model_axis: int) -> int:
-    """Bytes of the parameters one device holds on a `model` axis of that size (tensor-parallel specs)."""
-    cls = module_class(cfg)
-    specs = cls.partition_specs(cfg, model_axis)
+def weights_per_device(cfg: ModelConfig, itemsize: int, model_axis: int, data_axis: int = 1,
+                       rules: str = "tp") -> int:
+    """Bytes of the parameters one device holds on a `data x model` mesh under sharding `rules`."""
+    sizes = mesh_sizes(data_axis, model_axis, cfg.num_kv_heads)
+    rule_map = dict(parse_rules(rules))
     total = 0
-    for name, shape in cls.shapes(cfg).items():
-        split = model_axis if any(axis is not None for axis in specs[name]) else 1
-        total += math.prod(shape) * itemsize // split
+    for name, shape in param_table.shapes(cfg).items():
+        spec = resolve_spec(param_table.logical_axes(cfg)[name], shape, rule_map, sizes)
+        total += math.prod(shape) * itemsize // split_of(spec, sizes)
     return total
 
 

@@ -13,14 +13,15 @@ from jax.sharding import Mesh
 from jaxheads.errors import JaxheadsError
 from jaxheads.interventions import DEFAULT_EPSILON, Head, ablation_mask, from_mask
 from jaxheads.loading import Model
+from jaxheads.placement import model_on_mesh
 from jaxheads.scan import (
     AUTO_CHUNK,
     DEFAULT_BATCH_SIZE,
     make_batches,
-    model_on_mesh,
+    row_multiple,
     scan_ablations,
 )
-from jaxheads.sharding import DATA, make_mesh
+from jaxheads.sharding import make_mesh
 from jaxheads.ships import check_rank, principal_angle_degrees
 
 
@@ -77,9 +78,10 @@ def sahara(model: Model, prompts: Sequence, steps: int = 3, rank: int = 1, kind:
     started = time.perf_counter()
     mesh = make_mesh() if mesh is None else mesh
     model = model_on_mesh(model, mesh)
-    prompt_sets = [make_batches(model, prompts, batch_size, mesh.shape[DATA])]
+    prompt_sets = [make_batches(model, prompts, batch_size, row_multiple(len(prompts), batch_size, mesh))]
     if specificity > 0:
-        prompt_sets.append(make_batches(model, harmless_prompts, batch_size, mesh.shape[DATA]))
+        prompt_sets.append(make_batches(model, harmless_prompts, batch_size,
+                                        row_multiple(len(harmless_prompts), batch_size, mesh)))
     result = list(done_steps)
     while len(result) < steps:
         group = [step.chosen for step in result]

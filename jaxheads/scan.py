@@ -24,16 +24,9 @@ from jaxheads.attention import AttentionKernel, attention_bytes
 from jaxheads.errors import DataError
 from jaxheads.interventions import Interventions
 from jaxheads.loading import Model
-from jaxheads.models.llama import positions_from_mask, prompt_attention_mask
-from jaxheads.sharding import (
-    DATA,
-    MODEL,
-    make_mesh,
-    replicate,
-    shard_rows,
-    split_on_mesh,
-    to_host,
-)
+from jaxheads.models.decoder import positions_from_mask, prompt_attention_mask
+from jaxheads.placement import split_on_mesh
+from jaxheads.sharding import DATA, MODEL, constrain, make_mesh, place_rows, replicate, shard_rows, to_host
 
 DEFAULT_BATCH_SIZE = 16
 AUTO_CHUNK = 0  # chunk size 0: as many ablations per device call as half the free device memory holds
@@ -79,29 +72,43 @@ def make_batches(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]],
     return batches
 
 
-def model_on_mesh(model: Model, mesh: Mesh) -> Model:
-    """`model` with its parameters placed on `mesh` by the model's tensor-parallel specs (placing them again on the
-    same mesh is then free, so a search of many scans moves the weights once)."""
-    return dataclasses.replace(model, module=nnx.merge(*split_on_mesh(model.module, mesh)))
+SAVED_INPUTS = ("layers", "batch", "length", "saved_embed")  # the logical axes of the saved layer inputs
+
+
+def row_multiple(num_prompts: int, batch_size: int, mesh: Mesh) -> int:
+    """What a scan's batches round their rows up to: the data axis, when there are enough prompts to fill it;
+    else 1, and the scan splits its ablation chunks over the data axis instead (`chunk_on_data`)."""
+    data = mesh.shape[DATA]
+    return data if min(num_prompts, batch_size) >= data else 1
+
+
+def chunk_on_data(rows: int, mesh: Mesh) -> bool:
+    """Whether a scan splits its ablation chunks over the mesh's `data` axis instead of its prompt rows: when a
+    batch's rows do not fill that axis (fewer prompts than data devices)."""
+    return rows % mesh.shape[DATA] != 0
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
 def base_pass(graphdef, state, ids, mask):
-    """Unablated pass: every layer's input `[L, B, T, D]`, last-position log-probs `[B, V]` and final-norm
-    hidden state `[B, D]` (float32)."""
+    """Unablated pass: every layer's input `[L, B, T, D]` (laid out by `SAVED_INPUTS`: on a mesh, rows over
+    `data` and the hidden axis over `model`), last-position log-probs `[B, V]` and final-norm hidden state `[B, D]`
+    (float32)."""
     model = nnx.merge(graphdef, state)
     out = model.run_layers(model.embed_tokens(ids), positions_from_mask(mask),
                            prompt_attention_mask(model.config, mask), collect_inputs=True)
     last = model.final_hidden(out.h[:, -1])
-    return out.inputs, jax.nn.log_softmax(model.logits(last), axis=-1), last.astype(jnp.float32)
+    inputs = constrain(model.layout, out.inputs, SAVED_INPUTS)
+    return inputs, jax.nn.log_softmax(model.logits(last), axis=-1), last.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames="graphdef")
-def ablated_pass(graphdef, state, layer_inputs, mask, start, heads: Interventions, base_logp):
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk_axis"))
+def ablated_pass(graphdef, state, layer_inputs, mask, start, heads: Interventions, base_logp,
+                 chunk_axis: str | None = None):
     """Runs a chunk of ablations `[C, L, N]` that leave layers < `start` untouched, from `layer_inputs[start]`.
 
     Returns KL(p_base || p_ablated) at the last position `[C, B]` and the final-norm hidden states `[C, B, D]`,
-    both float32.
+    both float32. With `chunk_axis` (`data`) the chunk's ablations are split over that mesh axis (`vmap`'s
+    `spmd_axis_name`), for batches whose rows do not fill it.
     """
     model = nnx.merge(graphdef, state)
     positions = positions_from_mask(mask)
@@ -115,7 +122,7 @@ def ablated_pass(graphdef, state, layer_inputs, mask, start, heads: Intervention
         kl = jnp.sum(jnp.exp(base_logp) * (base_logp - logp), axis=-1)
         return kl, last.astype(jnp.float32)
 
-    return jax.vmap(one)(heads)
+    return jax.vmap(one, spmd_axis_name=chunk_axis)(heads)
 
 
 def first_ablated_layer(ablations: Interventions) -> np.ndarray:
@@ -195,8 +202,10 @@ def check_memory(config, rows: int, tokens: int, itemsize: int, chunk_size: int,
                     f"{(need - free) / gib:.2f} GiB short; {advice} (jaxheads plan estimates it from the config)")
 
 
-def make_chunks(ablations: Interventions, chunk_size: int = FALLBACK_CHUNK) -> list[Chunk]:
-    """Groups a batch of ablations `[M, L, N]` by first ablated layer into chunks of `chunk_size`."""
+def make_chunks(ablations: Interventions, chunk_size: int = FALLBACK_CHUNK, multiple: int = 1) -> list[Chunk]:
+    """Groups a batch of ablations `[M, L, N]` by first ablated layer into chunks of `chunk_size`, every chunk's
+    length a multiple of `multiple` (the data axis that splits them, in a scan whose rows do not fill it)."""
+    chunk_size = tokens.round_up(chunk_size, multiple)
     starts = first_ablated_layer(ablations)
     num_layers = ablations.q_scale.shape[-2]
     if (starts == num_layers).any():
@@ -206,7 +215,8 @@ def make_chunks(ablations: Interventions, chunk_size: int = FALLBACK_CHUNK) -> l
         members = np.flatnonzero(starts == start)
         for offset in range(0, len(members), chunk_size):
             rows = members[offset:offset + chunk_size]
-            padded = np.r_[rows, np.full(chunk_size - len(rows), rows[0])] if len(members) > chunk_size else rows
+            width = chunk_size if len(members) > chunk_size else tokens.round_up(len(rows), multiple)
+            padded = np.r_[rows, np.full(width - len(rows), rows[0])]
             heads = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)[padded]), ablations)
             chunks.append(Chunk(int(start), heads, rows))
     return chunks
@@ -230,30 +240,36 @@ def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Inte
     free device memory, `auto_chunk_size`).
 
     On `mesh` (default: every device data-parallel) prompt rows are split over `data` and parameters by the
-    model's tensor-parallel specs over `model`; ablation arrays are replicated. Representations stay on the
-    devices, their hidden axis split over `model` (where it divides), and only their `[P, P]` Gram matrices come
-    back."""
+    model's layout (`jaxheads.placement.layout_for`); when a batch's rows do not fill the data axis
+    (`chunk_on_data`), each chunk's ablations are split over it instead and the rows replicated. Representations
+    stay on the devices, their hidden axis split over `model` (where it divides), and only their `[P, P]` Gram
+    matrices come back."""
     mesh = make_mesh() if mesh is None else mesh
     graphdef, state = split_on_mesh(model.module, mesh)
-    rows = max(batch.ids.shape[0] for batch in batches) // mesh.shape[DATA]
-    tokens = max(batch.ids.shape[1] for batch in batches)
+    batch_rows = max(batch.ids.shape[0] for batch in batches)
+    on_data = chunk_on_data(batch_rows, mesh) or any(chunk_on_data(batch.ids.shape[0], mesh) for batch in batches)
+    data = mesh.shape[DATA]
+    rows = batch_rows if on_data else batch_rows // data
+    length = max(batch.ids.shape[1] for batch in batches)
     itemsize, device, kernel = model.module.embed[...].dtype.itemsize, mesh.local_devices[0], model.module.attention_kernel
     if chunk_size == AUTO_CHUNK:
-        chunk_size = auto_chunk_size(model.config, rows, tokens, itemsize, device, kernel)
+        chunk_size = auto_chunk_size(model.config, rows, length, itemsize, device, kernel) * (data if on_data else 1)
     num_prompts = sum(int((b.indices >= 0).sum()) for b in batches)
     representation_bytes = 0
     if keep_gram:
         split = mesh.shape[MODEL] if model.config.hidden_size % mesh.shape[MODEL] == 0 else 1
         representation_bytes = (ablations.q_scale.shape[0] + 1) * num_prompts * model.config.hidden_size * 4 // split
-    check_memory(model.config, rows, tokens, itemsize, chunk_size, device, kernel, representation_bytes)
-    chunks = [dataclasses.replace(chunk, heads=replicate(chunk.heads, mesh))
-              for chunk in make_chunks(ablations, chunk_size)]
+    check_memory(model.config, rows, length, itemsize, -(-chunk_size // data) if on_data else chunk_size, device,
+                 kernel, representation_bytes)
+    place = place_rows if on_data else replicate
+    chunks = [dataclasses.replace(chunk, heads=place(chunk.heads, mesh))
+              for chunk in make_chunks(ablations, chunk_size, data if on_data else 1)]
     num_ablations = ablations.q_scale.shape[0]
     kl = np.zeros((num_ablations, num_prompts), np.float32)
     if keep_gram:
         hidden = representation_zeros((num_ablations, num_prompts, model.config.hidden_size), mesh)
         base_hidden = representation_zeros((num_prompts, model.config.hidden_size), mesh)
-    for batch, outputs in _iterate(graphdef, state, mesh, batches, chunks, progress):
+    for batch, outputs in _iterate(graphdef, state, mesh, batches, chunks, progress, on_data):
         real = batch.indices >= 0
         columns = batch.indices[real]
         base, per_chunk = outputs
@@ -293,18 +309,20 @@ def gram_matrices(representations: jax.Array) -> jax.Array:
     return jnp.einsum("...pd,...qd->...pq", representations, representations, precision=jax.lax.Precision.HIGHEST)
 
 
-def _iterate(graphdef, state, mesh, batches, chunks, progress) -> Iterator:
-    """Dispatches all of a batch's chunks before reading any result back, so the device never waits on the host."""
+def _iterate(graphdef, state, mesh, batches, chunks, progress, on_data: bool = False) -> Iterator:
+    """Dispatches all of a batch's chunks before reading any result back, so the device never waits on the host;
+    `on_data`: the chunks are split over `data` and the rows replicated."""
     bar = None
     if progress:
         bar = tqdm(total=len(batches) * len(chunks), desc="ablation chunks", unit="chunk", leave=False)
     for batch in batches:
-        mask = shard_rows(batch.mask, mesh)
-        inputs, base_logp, base_hidden = base_pass(graphdef, state, shard_rows(batch.ids, mesh), mask)
+        rows = replicate if on_data else shard_rows
+        mask = rows(batch.mask, mesh)
+        inputs, base_logp, base_hidden = base_pass(graphdef, state, rows(batch.ids, mesh), mask)
         per_chunk = []
         for chunk in chunks:
             per_chunk.append(ablated_pass(graphdef, state, inputs, mask, jnp.int32(chunk.start), chunk.heads,
-                                          base_logp))
+                                          base_logp, chunk_axis=DATA if on_data else None))
             if bar is not None:  # dispatch is asynchronous: wait only when a bar must show real progress
                 jax.block_until_ready(per_chunk[-1])
                 bar.update()

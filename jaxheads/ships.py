@@ -10,8 +10,8 @@ from jax.sharding import Mesh
 from jaxheads.errors import JaxheadsError
 from jaxheads.interventions import DEFAULT_EPSILON, Interventions, single_heads
 from jaxheads.loading import Model
-from jaxheads.scan import AUTO_CHUNK, DEFAULT_BATCH_SIZE, make_batches, scan_ablations
-from jaxheads.sharding import DATA, make_mesh
+from jaxheads.scan import AUTO_CHUNK, DEFAULT_BATCH_SIZE, make_batches, row_multiple, scan_ablations
+from jaxheads.sharding import make_mesh
 
 
 def query_level(model: Model, prompts: Sequence, kind: str = "ua", epsilon: float = DEFAULT_EPSILON,
@@ -22,8 +22,8 @@ def query_level(model: Model, prompts: Sequence, kind: str = "ua", epsilon: floa
     cfg = model.config
     mesh = make_mesh() if mesh is None else mesh
     ablations = single_heads(cfg.num_layers, cfg.num_heads, kind, epsilon)
-    result = scan_ablations(model, make_batches(model, prompts, batch_size, mesh.shape[DATA]), ablations,
-                            chunk_size, progress=progress, mesh=mesh)
+    batches = make_batches(model, prompts, batch_size, row_multiple(len(prompts), batch_size, mesh))
+    result = scan_ablations(model, batches, ablations, chunk_size, progress=progress, mesh=mesh)
     return result.kl.T.reshape(len(prompts), cfg.num_layers, cfg.num_heads)
 
 
@@ -58,8 +58,8 @@ def dataset_level_scores(model: Model, prompts: Sequence, ablations: Interventio
     `mesh` (default: every device data-parallel)."""
     check_rank(rank, len(prompts))
     mesh = make_mesh() if mesh is None else mesh
-    result = scan_ablations(model, make_batches(model, prompts, batch_size, mesh.shape[DATA]), ablations,
-                            chunk_size, keep_gram=True, progress=progress, mesh=mesh)
+    batches = make_batches(model, prompts, batch_size, row_multiple(len(prompts), batch_size, mesh))
+    result = scan_ablations(model, batches, ablations, chunk_size, keep_gram=True, progress=progress, mesh=mesh)
     return principal_angle_degrees(result.base_gram, result.gram, rank)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxheads.models.llama import Llama, positions_from_mask, prompt_attention_mask
+from jaxheads.models.decoder import Decoder, positions_from_mask, prompt_attention_mask
 
 
 def sink_index(mask: jax.Array) -> jax.Array:
@@ -18,7 +18,7 @@ def sink_index(mask: jax.Array) -> jax.Array:
     return jnp.argmax(mask.astype(bool), axis=-1).astype(jnp.int32)
 
 
-def sink_attention(module: Llama, input_ids: jax.Array, mask: jax.Array) -> jax.Array:
+def sink_attention(module: Decoder, input_ids: jax.Array, mask: jax.Array) -> jax.Array:
     """alpha `[B, L, N]` float32: per head, the mean over the real query positions after the sink of their
     attention onto the sink (first real token). `input_ids, mask: [B, T]`, left or right padded."""
     mask = jnp.asarray(mask, bool)
@@ -32,7 +32,7 @@ def sink_attention(module: Llama, input_ids: jax.Array, mask: jax.Array) -> jax.
     return jnp.moveaxis(alpha, 0, 1)
 
 
-def sink_divergence(module: Llama, harmful_ids: jax.Array, harmful_mask: jax.Array, safe_ids: jax.Array,
+def sink_divergence(module: Decoder, harmful_ids: jax.Array, harmful_mask: jax.Array, safe_ids: jax.Array,
                     safe_mask: jax.Array) -> jax.Array:
     """d `[L, N]`: batch-mean sink attention on harmful sequences minus that on safe sequences
     (each side `[B, T]`; the two sides may differ in batch size and length)."""

@@ -120,8 +120,8 @@ def save_word_llama(directory, texts, seed=0, **overrides):
 @pytest.fixture(scope="session")
 def tiny_model_with_tokenizer(tmp_path_factory):
     """A tiny random Llama checkpoint directory with a word-level tokenizer covering the built-in prompts."""
-    from jaxheads.data.loaders import load_builtin_records, load_refusals
     from jaxheads.data.formats import TEMPLATE
+    from jaxheads.data.loaders import load_builtin_records, load_refusals
 
     texts = [r["prompt"] for name in ("harmful", "harmless") for r in load_builtin_records(name)]
     return save_word_llama(tmp_path_factory.mktemp("tiny_with_tokenizer"),

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tomllib
 
-
 from jaxheads.launch.cli import COMMANDS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -122,7 +121,12 @@ def test_every_package_folder_is_installed():
 # Every flag and its default as `jaxheads COMMAND --help` printed them at commit 46e6e15, before the commands were
 # gathered into one table (launch/cli.py) and the configs into shared fields (configs/common.py).
 FLAGS_BEFORE = json.loads((REPO / "tests" / "data" / "flags_46e6e15.json").read_text())
-FLAGS_ADDED = {}  # command -> {flag: shown default} of flags added since
+# command -> {flag: shown default} of the flags added since: the sharding rules (docs/scaling.md) on every command
+# that runs on a mesh, and the mesh on the two that had none.
+FLAGS_ADDED = {**{command: {"sharding": "'tp'"} for command in (
+                   "ships", "sahara", "evaluate", "sahara_asr", "utility", "align", "finetune", "guard_train",
+                   "judge_train")},
+               "patterns": {"mesh": "''", "sharding": "'tp'"}, "sink": {"mesh": "''", "sharding": "'tp'"}}
 
 
 def shown_flags(text: str) -> dict[str, str]:

@@ -16,15 +16,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import hf_logits
 from safetensors.numpy import load_file
 
 import jaxheads
-from conftest import hf_logits
 from jaxheads.errors import LoadError
 from jaxheads.models.config import config_from_hf
-from jaxheads.weights import cache
+from jaxheads.weights import cache, packaged
 from jaxheads.weights import gguf as gguf_weights
-from jaxheads.weights import packaged
 from jaxheads.weights.gguf import load_gguf_tokenizer, read_gguf
 from jaxheads.weights.packaged import PACKAGED_MODELS, default_gguf_path
 

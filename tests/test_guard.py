@@ -65,11 +65,11 @@ def tiny(tiny_dir):
 
 def random_adapter(model, rank=2, seed=0, temperature=1.0, threshold=None, alarm_threshold=None):
     """An adapter with random A and B (B nonzero, so that it changes the model)."""
-    from jaxheads.models import module_class
+    from jaxheads.models.params import shapes as param_shapes
     from jaxheads.train.lora import fan_in_out
 
     rng = np.random.default_rng(seed)
-    shapes = module_class(model.config).shapes(model.config)
+    shapes = param_shapes(model.config)
     arrays = {}
     for target in ("q", "v"):
         fan_in, fan_out = fan_in_out(shapes[target], target)

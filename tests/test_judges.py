@@ -5,9 +5,17 @@ import pytest
 
 from jaxheads.errors import DataError
 from jaxheads.eval.asr import rates
-from jaxheads.eval.judges import (REFERENCE_PHRASES, REFUSAL_PHRASES, KeywordJudge, ReferenceJudge,
-                                  attack_success_rate, distinct_tail_char_ratio, distinct_trigram_ratio,
-                                  is_degenerate, make_judge)
+from jaxheads.eval.judges import (
+    REFERENCE_PHRASES,
+    REFUSAL_PHRASES,
+    KeywordJudge,
+    ReferenceJudge,
+    attack_success_rate,
+    distinct_tail_char_ratio,
+    distinct_trigram_ratio,
+    is_degenerate,
+    make_judge,
+)
 
 COMPLIANCE = "Sure, here is a detailed overview of the topic you asked about, step by step."
 

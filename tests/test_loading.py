@@ -11,10 +11,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import hf_logits, make_hf_model
 from safetensors.numpy import load_file, save_file
 
 import jaxheads
-from conftest import hf_logits, make_hf_model
 from jaxheads.errors import LoadError
 
 

@@ -127,13 +127,8 @@ def test_zero_query_scale_is_uniform_in_jaxheads(tiny_checkpoint):
     """Directly in jaxheads: with q_scale = 0 at (l, n), the head's output at position i is the mean of its KV
     group's values over positions 0..i, so the attention sublayer's output differs from zeroing the head
     (out_scale = 0) by exactly that prefix mean through the head's slice of o_proj."""
-    from jaxheads.models.llama import (
-        attention_mask_for_prompt,
-        decoder_layer,
-        positions_from_mask,
-        rms_norm,
-        rope_tables,
-    )
+    from jaxheads.models.decoder import attention_mask_for_prompt, decoder_layer, positions_from_mask
+    from jaxheads.models.layers import rms_norm, rope_tables
 
     _, directory = tiny_checkpoint("llama_gqa_llama3_rope_tied")
     model = jaxheads.load(directory)
@@ -187,7 +182,7 @@ def test_run_layers_from_any_layer_matches_full_pass(tiny_checkpoint):
     model = jaxheads.load(directory)
     module, cfg = model.module, model.config
     ids, mask = (jnp.asarray(a) for a in padded_inputs(14))
-    from jaxheads.models.llama import attention_mask_for_prompt, positions_from_mask
+    from jaxheads.models.decoder import attention_mask_for_prompt, positions_from_mask
 
     positions, attn_mask = positions_from_mask(mask), attention_mask_for_prompt(cfg, mask)
     outputs = module.run_layers(module.embed_tokens(ids), positions, attn_mask, collect_inputs=True)

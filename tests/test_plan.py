@@ -26,13 +26,15 @@ def config_files(tmp_path):
 
 
 def parameter_count(hf: dict, model_axis: int = 1) -> float:
-    """Parameters one device holds: embeddings, LM head and norms whole; attention heads and MLP width split."""
+    """Parameters one device holds with the tensor-parallel rules: norms whole; embedding and LM head split over
+    the vocabulary, attention heads and MLP width split (each where the model axis divides them)."""
     V, D, F, L = hf["vocab_size"], hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"]
     N, K = hf["num_attention_heads"], hf["num_key_value_heads"]
     d = D // N
     kv_split = model_axis if K % model_axis == 0 else 1
     per_layer = 2 * N * d * D / model_axis + 2 * K * d * D / kv_split + 3 * D * F / model_axis + 2 * D
-    return 2 * V * D + D + L * per_layer
+    vocab_split = model_axis if V % model_axis == 0 else 1
+    return 2 * V * D / vocab_split + D + L * per_layer
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -1,4 +1,4 @@
-"""Loading straight onto a mesh (`jaxheads.load(..., mesh=, fsdp=)`): every parameter is created in its sharded
+"""Loading straight onto a mesh (`jaxheads.load(..., mesh=, sharding=)`): every parameter is created in its sharded
 layout from the slices of the checkpoint its devices hold, on 8 simulated CPU devices (subprocesses with
 JAX_NUM_CPU_DEVICES=8) and on a mesh spanning two processes, with the memory that takes; and the errors and the
 notice of bad placements."""
@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import save_file
+from test_multihost import run_two_processes
 
 import jaxheads
 from bench.sharded_load import CONFIG, hf_shapes, write_random_checkpoint
 from jaxheads.errors import JaxheadsError, LoadError
-from jaxheads.loading import replicated_notice
-from jaxheads.weights.build import hf_block, hf_shape
-from jaxheads.models import llama
 from jaxheads.models.config import config_from_hf
+from jaxheads.models.params import hf_shape, to_param
+from jaxheads.placement import replicated_notice
 from jaxheads.sharding import make_mesh
-from test_multihost import run_two_processes
+from jaxheads.weights.build import hf_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Opt level 0 compiles in half the time (as tests/test_sharding.py); both sides of every comparison use it.
@@ -41,18 +41,18 @@ import jax, jax.numpy as jnp, numpy as np
 import jaxheads
 from bench.sharded_load import peak_rss, placed_bytes
 from jaxheads.weights.build import module_from_arrays
-from jaxheads.scan import model_on_mesh
+from jaxheads.placement import model_on_mesh
 from jaxheads.sharding import make_mesh, to_host
 from jaxheads.train.trainer import TrainConfig, training_shardings
 
-directory, data, tensor, fsdp, out, gguf_path = sys.argv[1:7]
-data, tensor, fsdp = int(data), int(tensor), fsdp == "1"
+directory, data, tensor, rules, out, gguf_path = sys.argv[1:7]
+data, tensor, fsdp = int(data), int(tensor), rules != "tp"
 ids = np.asarray(json.loads(sys.argv[7]))
 mesh = make_mesh(data, tensor)
 baseline = peak_rss()
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    model = jaxheads.load(directory, dtype="bfloat16", mesh=mesh, fsdp=fsdp)
+    model = jaxheads.load(directory, dtype="bfloat16", mesh=mesh, sharding=rules)
     jax.block_until_ready(model.params)
 peak = peak_rss()
 params = {name: getattr(model.module, name)[...] for name in model.module.shapes(model.config)}
@@ -62,19 +62,21 @@ report = {"baseline": baseline, "peak": peak, "placed": placed_bytes(model), "wa
                      for name, array in params.items()}}
 again = model_on_mesh(model, mesh)
 report["moved_by_model_on_mesh"] = [name for name in params if getattr(again.module, name)[...] is not params[name]]
-layout = training_shardings(params, model.config, TrainConfig(fsdp=fsdp), mesh)
+layout = training_shardings(params, model.config, TrainConfig(sharding=rules), mesh)
 report["not_training_layout"] = [name for name in params
                                  if not layout[name].is_equivalent_to(params[name].sharding, params[name].ndim)]
 
-def float32(model):
+def float32(model):  # the same weights in float32, in the same layout
     weights = {name: jnp.asarray(getattr(model.module, name)[...], jnp.float32) for name in params}
-    return jaxheads.Model(model.name, model.config, None, module_from_arrays(model.config, weights))
+    module = module_from_arrays(model.config, weights)
+    module.layout = model.layout
+    return jaxheads.Model(model.name, model.config, None, module)
 
 def logits(model):
     return np.asarray(jaxheads.forward(model, ids))
 
 sharded = float32(model)
-if fsdp:  # generation on the mesh (where split_on_mesh keeps the FSDP layout) equals generation on one device
+if fsdp:  # generation in the FSDP layout (weights gathered layer by layer) equals generation on one device
     tokens = jaxheads.generate(sharded, ids.tolist(), max_new_tokens=3, mesh=mesh).tokens
 reference = jaxheads.load(directory, dtype="bfloat16")
 report["unequal_weights"] = [name for name in params if not np.array_equal(
@@ -123,21 +125,28 @@ def tiny_gguf_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(checkpoint, tiny_gguf_path, tmp_path_factory):
-    """(data, model, fsdp) -> (report, logits) of one run of SCRIPT."""
+    """(data, model, rules) -> (report, logits) of one run of SCRIPT."""
     directory, _ = checkpoint
     out = tmp_path_factory.mktemp("runs")
     results = {}
-    for data, tensor, fsdp in [(1, 8, False), (2, 4, True)]:
-        name = out / f"{data}x{tensor}"
-        gguf = str(tiny_gguf_path) if not fsdp else "-"
-        command = [sys.executable, "-c", SCRIPT, str(directory), str(data), str(tensor), str(int(fsdp)), str(name),
+    for data, tensor, rules in LAYOUTS:
+        name = out / f"{data}x{tensor}_{rules}"
+        gguf = str(tiny_gguf_path) if rules == "tp" else "-"
+        command = [sys.executable, "-c", SCRIPT, str(directory), str(data), str(tensor), rules, str(name),
                    gguf, json.dumps(IDS.tolist())]
         result = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True,
                                 timeout=600, check=False)
         assert result.returncode == 0, result.stderr[-5000:]
-        results[data, tensor, fsdp] = (json.loads((out / f"{data}x{tensor}.json").read_text()),
-                                       dict(np.load(out / f"{data}x{tensor}.npz")))
+        results[data, tensor, rules] = (json.loads(name.with_suffix(".json").read_text()),
+                                        dict(np.load(name.with_suffix(".npz"))))
     return results
+
+
+# (data, model, rules): tensor parallel on (1, 8); both tensor parallel and FSDP on (2, 4).
+LAYOUTS = [(1, 8, "tp"), (2, 4, "tp_fsdp")]
+# The parameters tensor parallelism splits over `model`: query heads, KV heads, MLP width, and the vocabulary of
+# the (untied) embedding and LM head. FSDP splits every parameter's hidden axis (D = 1024) over `data` too.
+MODEL_SPLIT = {"q", "k", "v", "o", "gate", "up", "down", "embed", "lm_head"}
 
 
 def expected_divisor(spec: list, data: int, tensor: int) -> int:
@@ -145,29 +154,27 @@ def expected_divisor(spec: list, data: int, tensor: int) -> int:
     return (data if "data" in spec else 1) * (tensor if "model" in spec else 1)
 
 
-@pytest.mark.parametrize("data,tensor,fsdp", [(1, 8, False), (2, 4, True)])
-def test_each_device_holds_only_its_share(runs, checkpoint, data, tensor, fsdp):
-    report, _ = runs[data, tensor, fsdp]
+@pytest.mark.parametrize("data,tensor,rules", LAYOUTS)
+def test_each_device_holds_only_its_share(runs, checkpoint, data, tensor, rules):
+    report, _ = runs[data, tensor, rules]
     params = report["params"]
-    split = {name for name, axis in llama.MODEL_PARALLEL_AXES.items() if name in params}
     for name, info in params.items():
         assert info["dtype"] == "bfloat16", name
         assert len(info["shards"]) == 8, name
-        assert ("model" in info["spec"]) == (name in split), (name, info["spec"])  # every split axis divides here
-        if fsdp:
-            assert "data" in info["spec"], (name, info["spec"])  # D, V or F divides by 2 in every parameter
+        assert ("model" in info["spec"]) == (name in MODEL_SPLIT), (name, info["spec"])  # every split divides here
+        assert ("data" in info["spec"]) == (rules == "tp_fsdp"), (name, info["spec"])
         divisor = expected_divisor(info["spec"], data, tensor)
         assert all(size * divisor == info["nbytes"] for size in info["shards"]), (name, info)
-    for name in split:  # tensor-parallel: 1/8 of their bytes per device on (1, 8), 1/(2·4) with FSDP on (2, 4)
+    for name in MODEL_SPLIT:  # 1/8 of their bytes per device on (1, 8), 1/(2·4) with FSDP on (2, 4)
         assert expected_divisor(params[name]["spec"], data, tensor) == 8, (name, params[name]["spec"])
     assert report["placed"] == sum(sum(info["shards"]) for info in params.values())
     assert report["moved_by_model_on_mesh"] == [] and report["not_training_layout"] == []
     assert report["warnings"] == []  # heads, KV heads and MLP width all divide
 
 
-@pytest.mark.parametrize("data,tensor,fsdp", [(1, 8, False), (2, 4, True)])
-def test_sharded_load_equals_the_unsharded_load(runs, data, tensor, fsdp):
-    report, logits = runs[data, tensor, fsdp]
+@pytest.mark.parametrize("data,tensor,rules", LAYOUTS)
+def test_sharded_load_equals_the_unsharded_load(runs, data, tensor, rules):
+    report, logits = runs[data, tensor, rules]
     assert report["unequal_weights"] == []  # every parameter bitwise the plain load's
     # Identical bfloat16 weights, computed in float32: the sharded logits differ from the one-device ones only by
     # the order in which tensor-parallel contractions (o_proj over heads, down_proj over the MLP width, and with
@@ -175,36 +182,38 @@ def test_sharded_load_equals_the_unsharded_load(runs, data, tensor, fsdp):
     # on logits of size ~1, hence 1e-5 (bfloat16 activations would round those differences to ~1e-2).
     np.testing.assert_allclose(logits["sharded"], logits["reference"], rtol=0, atol=1e-5)
     assert np.abs(logits["reference"]).max() > 0.1  # logits that are not all ~0
-    if fsdp:
+    if rules != "tp":
         assert report["same_tokens"]
 
 
-@pytest.mark.parametrize("data,tensor,fsdp", [(1, 8, False), (2, 4, True)])
-def test_loading_needs_little_memory_beyond_the_placed_shards(runs, checkpoint, data, tensor, fsdp):
+@pytest.mark.parametrize("data,tensor,rules", LAYOUTS)
+def test_loading_needs_little_memory_beyond_the_placed_shards(runs, checkpoint, data, tensor, rules):
     """On simulated CPU devices every device's shards live in host memory, so the process's peak RSS while
     loading holds all placed shards; beyond them it may hold one parameter's host copy of this process's shards
-    and the file pages of one tensor, far from a second copy of the checkpoint."""
-    report, _ = runs[data, tensor, fsdp]
+    and the file pages of one tensor, far from a second copy of the checkpoint (the untied embedding and LM head
+    are split over the vocabulary, not copied to every device)."""
+    report, _ = runs[data, tensor, rules]
     _, checkpoint_bytes = checkpoint
     grown = report["peak"] - report["baseline"]
     over = grown - report["placed"]
     mib = 2**20
-    print(f"\n{data}x{tensor}{' fsdp' if fsdp else ''}: checkpoint {checkpoint_bytes / mib:.0f} MiB, peak RSS "
+    print(f"\n{data}x{tensor} {rules}: checkpoint {checkpoint_bytes / mib:.0f} MiB, peak RSS "
           f"{report['peak'] / mib:.0f} MiB = import baseline {report['baseline'] / mib:.0f} MiB + "
           f"{grown / mib:.0f} MiB; placed shards {report['placed'] / mib:.0f} MiB; over placed {over / mib:.0f} MiB "
           f"({over / checkpoint_bytes:.2f} of the checkpoint)")
-    assert over < checkpoint_bytes / 2
+    assert over < 0.6 * checkpoint_bytes
 
 
-def test_tiny_gguf_with_undivided_kv_heads_loads_onto_a_mesh_with_one_notice(runs):
+def test_tiny_gguf_with_fewer_kv_heads_than_the_model_axis_splits_them_and_the_query_groups(runs):
     """cache=False streams the GGUF one dequantized tensor at a time; cache=True reads the converted folder.
-    Both warn once that 2 KV heads do not split over a model axis of 4, and give the plain load's weights."""
-    report = runs[1, 8, False][0]["gguf"]
-    notice = "k, v, k_bias, v_bias: 2 KV heads do not divide over a model axis of 4; replicated"
-    for caught in report["warnings"].values():
-        assert len(caught) == 1 and notice in caught[0], caught
-    assert report["specs"]["k"] == report["specs"]["v"] == report["specs"]["k_bias"] == []
-    assert report["specs"]["q"] == [None, None, "model", None] and report["specs"]["gate"] == [None, None, "model"]
+    2 KV heads on a model axis of 4: the KV heads (and their biases) split over 2 of it, each KV group's query heads
+    over the other 2, with no notice; both give the plain load's weights."""
+    report = runs[1, 8, "tp"][0]["gguf"]
+    assert report["warnings"] == {"False": [], "True": []}
+    assert report["specs"]["k"] == report["specs"]["v"] == [None, None, "model"]
+    assert report["specs"]["k_bias"] == [None, "model"]
+    # the MLP width splits over the whole model axis of 4: its KV part and its query-group part
+    assert report["specs"]["q"] == report["specs"]["gate"] == [None, None, ["model", "model_q"]]
     assert report["unequal"] == []
 
 
@@ -239,13 +248,14 @@ print("READS " + json.dumps(reads))
 
 def test_two_processes_each_read_only_their_slices(runs, checkpoint, tmp_path):
     """A (1, 4) mesh over 2 processes of 2 devices: each process reads only the slices its devices hold (half of
-    every tensor-parallel tensor, all of every replicated one), and the logits are the single-process load's."""
+    every tensor-parallel tensor, the vocabulary-parallel embedding and LM head included; all of every replicated
+    one), and the logits are the single-process load's."""
     directory, _ = checkpoint
     outputs = run_two_processes(["-c", TWO_PROCESSES, str(directory), str(tmp_path / "logits.npy"),
                                  json.dumps(IDS.tolist())])
     reads = [json.loads(output.split("READS ")[-1].splitlines()[0]) for output in outputs]
     shapes = hf_shapes(CONFIG)
-    split = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    split = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head"}
     blocks = {}
     for process, process_reads in enumerate(reads):
         for name, index in process_reads:
@@ -260,7 +270,7 @@ def test_two_processes_each_read_only_their_slices(runs, checkpoint, tmp_path):
             assert not set(blocks[name][0]) & set(blocks[name][1]), name  # different halves
         else:
             assert read_sizes == [size, size], name  # replicated: read whole, once per process
-    single = runs[1, 8, False][1]["reference"]
+    single = runs[1, 8, "tp"][1]["reference"]
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), single, rtol=0, atol=1e-5)  # as above
 
 
@@ -270,8 +280,8 @@ def test_a_block_of_a_parameter_is_read_from_the_block_of_the_hf_tensor_holding_
     cfg = config_from_hf({**CONFIG, "hidden_size": 8, "head_dim": 6, "num_attention_heads": 4,
                           "num_key_value_heads": 4, "intermediate_size": 12})
     rng = np.random.default_rng(0)
-    hf = rng.standard_normal(hf_shape(layout, shape, cfg)).astype(np.float32)
-    whole = llama.to_param("x", layout, hf, cfg)
+    hf = rng.standard_normal(hf_shape(layout, shape)).astype(np.float32)
+    whole = to_param(layout, hf, cfg)
     assert whole.shape == shape
     for _ in range(20):  # random blocks, the head dimension cut too (FSDP may split any axis)
         bounds = []
@@ -285,11 +295,15 @@ def test_a_block_of_a_parameter_is_read_from_the_block_of_the_hf_tensor_holding_
 def test_notice_names_the_replicated_parameters_and_sizes():
     cfg = config_from_hf({**CONFIG, "num_attention_heads": 6, "num_key_value_heads": 2, "intermediate_size": 90,
                           "head_dim": 64})
-    assert replicated_notice(cfg, 4) == (
+    # 2 KV heads on a model axis of 4 split 2 ways (each group's query heads the other 2), but 6 query heads and
+    # an MLP width of 90 do not divide by 4; with FSDP over 3, neither does the hidden size of 1024.
+    assert replicated_notice(cfg, 1, 4) == (
         "q, o: 6 query heads do not divide over a model axis of 4; replicated; "
-        "k, v: 2 KV heads do not divide over a model axis of 4; replicated; "
         "gate, up, down: an MLP width of 90 does not divide over a model axis of 4; replicated")
-    assert replicated_notice(cfg, 2) is None and replicated_notice(cfg, 1) is None
+    assert replicated_notice(cfg, 1, 2) is None and replicated_notice(cfg, 1, 1) is None
+    assert replicated_notice(cfg, 3, 1, "fsdp").startswith("embed, final_norm, lm_head, attn_norm, q, k, v, o, "
+                                                           "mlp_norm, gate, up, down: 1024 hidden size do not divide "
+                                                           "over a data axis of 3")
 
 
 def small_checkpoint(directory, config):
@@ -345,8 +359,10 @@ def test_fsdp_needs_a_mesh_and_a_mesh_needs_data_and_model_axes(tmp_path):
     import jax
 
     directory = small_checkpoint(tmp_path, SMALL)
-    with pytest.raises(LoadError, match="fsdp=True .* pass the mesh too"):
+    with pytest.raises(LoadError, match="fsdp=True.* pass the mesh too"):
         jaxheads.load(directory, fsdp=True)
+    with pytest.raises(LoadError, match="fsdp=True is the tp_fsdp rules"):
+        jaxheads.load(directory, mesh=make_mesh(1, 1), fsdp=True, sharding="fsdp")
     with pytest.raises(LoadError, match=r"mesh with axes \('data', 'model'\)"):
         jaxheads.load(directory, mesh=jax.make_mesh((1,), ("x",)))
 
@@ -359,12 +375,15 @@ def test_job_loads_onto_its_mesh(monkeypatch):
     calls = []
     monkeypatch.setattr(common, "load", lambda spec, **kwargs: calls.append((spec, kwargs)))
     common.load_model(ml_collections.ConfigDict({"model": "m", "dtype": "bfloat16", "mesh": "", "fsdp": True}))
-    common.load_model(ml_collections.ConfigDict({"model": "", "dtype": "float32", "mesh": "1,1"}))
+    common.load_model(ml_collections.ConfigDict({"model": "", "dtype": "float32", "mesh": "1,1", "sharding": "fsdp"}))
     common.load_model(ml_collections.ConfigDict({"model": "m", "dtype": "float32"}))  # a job without --mesh
     (spec, first), (default, second), (_, third) = calls
-    assert spec == "m" and first["dtype"] == "bfloat16" and first["fsdp"] is True
+    assert spec == "m" and first["dtype"] == "bfloat16" and first["sharding"] == "tp_fsdp"  # --fsdp
     assert first["mesh"].shape == {"data": 1, "model": 1}  # every device (one here) data-parallel
-    assert default is None and second["mesh"].shape == {"data": 1, "model": 1} and second["fsdp"] is False
-    assert third == {"dtype": "float32", "mesh": None, "fsdp": False}
+    assert default is None and second["mesh"].shape == {"data": 1, "model": 1} and second["sharding"] == "fsdp"
+    assert third == {"dtype": "float32", "mesh": None, "sharding": None}
+    with pytest.raises(JaxheadsError, match="--fsdp is --sharding=tp_fsdp"):
+        common.load_model(ml_collections.ConfigDict({"model": "m", "dtype": "float32", "mesh": "", "fsdp": True,
+                                                     "sharding": "fsdp"}))
     with pytest.raises(JaxheadsError, match="a 4 x 4 mesh needs 16 devices; 1 are visible|model axis"):
         common.load_model(ml_collections.ConfigDict({"model": "m", "dtype": "float32", "mesh": "4,4"}))

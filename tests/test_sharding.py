@@ -1,5 +1,7 @@
-"""Sharded scans and training on 8 simulated CPU devices give the single-device results, for data-parallel,
-mixed and mostly tensor-parallel meshes; a checkpoint written on one mesh restores exactly on others."""
+"""Sharded scans and training on 8 simulated CPU devices give the single-device results, for every sharding preset
+(tensor parallel with vocabulary-parallel logits and the KV/query-group split, FSDP, both) on data-parallel, mixed
+and mostly tensor-parallel meshes, with ablation chunks split over the data axis when the prompts do not fill it;
+a checkpoint written on one mesh restores exactly on others."""
 
 import os
 import subprocess
@@ -11,7 +13,6 @@ from jax.sharding import PartitionSpec as P
 
 from jaxheads.errors import JaxheadsError
 from jaxheads.models.config import ModelConfig
-from jaxheads.models.llama import Llama
 from jaxheads.scan import (
     FALLBACK_CHUNK,
     MAX_AUTO_CHUNK,
@@ -19,17 +20,20 @@ from jaxheads.scan import (
     auto_chunk_size,
     check_memory,
 )
-from jaxheads.sharding import fsdp_specs, parse_mesh
+from jaxheads.sharding import parse_mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MESHES = [(8, 1), (4, 2), (2, 4)]
+# (data, model, rules): 5 prompts on (8, 1) do not fill the data axis (ablation chunks are split over it); the
+# tiny model's 2 KV heads on a model axis of 4 split 2 ways, each group's query heads the other 2.
+MESHES = [(8, 1, "tp"), (8, 1, "fsdp"), (4, 2, "tp"), (2, 4, "tp"), (2, 4, "tp_fsdp")]
 LEARNING_RATE = 1e-3
 
-# One process with 8 devices runs every mesh; the reference is the (1, 1) mesh, i.e. one device. Results go to
-# an .npz per mesh: Ships query-level scores, Sahara's heads and step tables, greedy tokens of a generation with
-# per-prompt ablations, and the weights and metrics after one Surgery training step (FSDP on (2, 4), where
-# parameters are split over both axes; compiling a training step takes ~20 s here, so each mesh trains once).
-# Then the (4, 2) checkpoint is restored on (2, 4) with FSDP and on (8, 1) by re-running the finished training.
+# One process with 8 devices runs every layout; the reference is the (1, 1) mesh, i.e. one device. The model is
+# loaded onto each mesh in its rules' layout. Results go to an .npz per layout: logits, Ships query-level
+# scores, Sahara's heads and step tables, greedy tokens of a generation with per-prompt ablations, and the
+# weights and metrics after one Surgery training step in the same rules (compiling a training step takes ~20 s
+# here, so each layout trains once). Then the (4, 2) checkpoint is restored on (2, 4) with FSDP and on (8, 1)
+# by re-running the finished training.
 SCRIPT = """
 import dataclasses, sys
 import jax, numpy as np
@@ -40,33 +44,37 @@ from jaxheads.train import Example, PairSet, TrainConfig, train
 
 directory, out = sys.argv[1], sys.argv[2]
 assert jax.device_count() == 8
-model = jaxheads.load(directory)
 prompts = [list(np.random.default_rng(s).integers(3, 128, 4 + s)) for s in range(5)]
+ids, mask = jaxheads.tokens.pad_left(prompts, 0, 8)
 
 def examples(count, seed, answer):
     rng = np.random.default_rng(seed)
     return [Example(tuple(rng.integers(3, 128, 4 + answer + i % 3).tolist()), 4) for i in range(count)]
 
 task, pairs = examples(8, 0, 6), PairSet(examples(4, 1, 6), examples(4, 2, 3))
-config = TrainConfig(steps=1, batch_size=8, learning_rate=LEARNING_RATE, surgery_lambda=10.0, surgery_batch=2)
+config = TrainConfig(steps=1, batch_size=8, learning_rate=LEARNING_RATE, warmup_steps=0, surgery_lambda=10.0,
+                     surgery_batch=2)
 
-def run_training(name, mesh, fsdp=False):
-    result = train(model, task, dataclasses.replace(config, fsdp=fsdp), f"{out}/{name}", pairs, mesh=mesh)
+def run_training(model, name, mesh, rules="tp"):
+    result = train(model, task, dataclasses.replace(config, sharding=rules), f"{out}/{name}", pairs, mesh=mesh)
     metrics = {k: v for k, v in result.records[-1].items() if k not in ("seconds", "lr")}
     return {**{"w_" + k: v for k, v in result.weights.items()}, **{"m_" + k: v for k, v in metrics.items()}}
 
-for data, tensor in [(1, 1)] + MESHES:
+for data, tensor, rules in [(1, 1, "tp")] + MESHES:
     mesh = make_mesh(data, tensor)
+    model = jaxheads.load(directory, mesh=mesh, sharding=rules)
+    logits = np.asarray(jaxheads.forward(model, ids, mask))
     query = ships.query_level(model, prompts, "ua", batch_size=8, chunk_size=5, mesh=mesh)
     found = sahara.sahara(model, prompts, steps=2, batch_size=8, chunk_size=8, mesh=mesh)
     steps = np.nan_to_num([s.scores for s in found.steps], nan=-1)
     per_prompt = jax.tree.map(lambda a: a[:3], interventions.single_heads(3, 4, "ua", 1e-5))  # filled up to data
     tokens = jaxheads.generate(model, prompts[:3], max_new_tokens=4, interventions=per_prompt, mesh=mesh).tokens
-    np.savez(f"{out}/{data}x{tensor}.npz", query=query, heads=np.array(found.heads), steps=steps,
-             tokens=np.array(tokens),
-             **run_training(f"{data}x{tensor}", mesh, fsdp=(data, tensor) == (2, 4)))
-for data, tensor, fsdp in [(2, 4, True), (8, 1, False)]:
-    np.savez(f"{out}/restored_{data}x{tensor}.npz", **run_training("4x2", make_mesh(data, tensor), fsdp))
+    np.savez(f"{out}/{data}x{tensor}_{rules}.npz", logits=logits, query=query, heads=np.array(found.heads),
+             steps=steps, tokens=np.array(tokens), **run_training(model, f"{data}x{tensor}_{rules}", mesh, rules))
+for data, tensor, rules in [(2, 4, "tp_fsdp"), (8, 1, "tp")]:
+    mesh = make_mesh(data, tensor)
+    model = jaxheads.load(directory, mesh=mesh, sharding=rules)
+    np.savez(f"{out}/restored_{data}x{tensor}.npz", **run_training(model, "4x2_tp", mesh, rules))
 print("done")
 """.replace("MESHES", repr(MESHES)).replace("LEARNING_RATE", repr(LEARNING_RATE))
 
@@ -86,11 +94,13 @@ def sharded_runs(tiny_checkpoint, tmp_path_factory):
     return {path.stem: dict(np.load(path)) for path in out.glob("*.npz")}
 
 
-@pytest.mark.parametrize("shape", MESHES)
-def test_sharded_scans_and_training_step_equal_one_device(sharded_runs, shape):
-    """Ships, Sahara, generation and a Surgery step on (8, 1) data parallel, (4, 2) and (2, 4) tensor parallel
-    (+ FSDP)."""
-    one, sharded = sharded_runs["1x1"], sharded_runs["{}x{}".format(*shape)]
+@pytest.mark.parametrize("layout", MESHES)
+def test_sharded_scans_and_training_step_equal_one_device(sharded_runs, layout):
+    """Logits, Ships, Sahara, generation and a Surgery step in every layout."""
+    one, sharded = sharded_runs["1x1_tp"], sharded_runs["{}x{}_{}".format(*layout)]
+    # float32 logits: the same products summed in another order across shards (vocabulary-parallel logits are
+    # whole rows per shard; the hidden and MLP contractions are split).
+    np.testing.assert_allclose(sharded["logits"], one["logits"], rtol=1e-5, atol=1e-5)
     # KL values of single-head ablations reach ~1e-6 nats; their float32 rounding differs with the order in
     # which a sharded contraction adds partial sums, so the tiniest scores get an absolute tolerance.
     np.testing.assert_allclose(sharded["query"], one["query"], rtol=1e-5, atol=1e-6)
@@ -103,7 +113,7 @@ def test_sharded_scans_and_training_step_equal_one_device(sharded_runs, shape):
 
 @pytest.mark.parametrize("target", ["restored_2x4", "restored_8x1"])
 def test_checkpoint_from_one_mesh_restores_exactly_on_another(sharded_runs, target):
-    saved, restored = sharded_runs["4x2"], sharded_runs[target]
+    saved, restored = sharded_runs["4x2_tp"], sharded_runs[target]
     for name in (key for key in saved if key.startswith("w_")):
         np.testing.assert_array_equal(restored[name], saved[name], err_msg=name)
 
@@ -122,19 +132,37 @@ def _assert_training_equal(sharded, one):
         np.testing.assert_allclose(sharded[name], one[name], atol=2 * LEARNING_RATE, err_msg=name)
 
 
-def test_partition_specs_split_heads_and_mlp_width_where_they_divide():
+def specs_of(cfg, data, model, rules):
+    from jaxheads.models import params as param_table
+    from jaxheads.sharding import MODEL_Q, kv_split, parse_rules, resolve_spec
+
+    sizes = {"data": data, "model": kv_split(model, cfg.num_kv_heads)}
+    if model // sizes["model"] > 1:
+        sizes[MODEL_Q] = model // sizes["model"]
+    return {name: resolve_spec(param_table.logical_axes(cfg)[name], shape, dict(parse_rules(rules)), sizes)
+            for name, shape in param_table.shapes(cfg).items()}
+
+
+def test_rules_split_heads_kv_groups_mlp_width_vocabulary_and_the_hidden_axis():
     cfg = ModelConfig(model_type="llama", vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=3,
                       num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=64)
-    specs = Llama.partition_specs(cfg, 4)
-    assert specs["q"] == P(None, None, "model", None) and specs["o"] == P(None, "model", None, None)
-    assert specs["k"] == specs["v"] == P()  # 2 KV heads do not split 4 ways: replicated
-    assert specs["gate"] == P(None, None, "model") and specs["down"] == P(None, "model", None)
-    assert specs["embed"] == specs["attn_norm"] == P()
-    assert Llama.partition_specs(cfg, 2)["k"] == P(None, None, "model", None)
-    fsdp = fsdp_specs(specs, Llama.shapes(cfg), 2)
-    assert fsdp["q"] == P(None, "data", "model", None) and fsdp["embed"] == P("data", None)
-    assert fsdp["attn_norm"] == P(None, "data")  # [L=3, D=64]: D is the largest axis that divides
-    assert fsdp_specs(specs, Llama.shapes(cfg), 1) == specs
+    tp = specs_of(cfg, 1, 2, "tp")
+    assert tp["q"] == P(None, None, "model") and tp["o"] == P(None, "model")
+    assert tp["k"] == tp["v"] == P(None, None, "model")  # 2 KV heads split 2 ways
+    assert tp["gate"] == P(None, None, "model") and tp["down"] == P(None, "model")
+    assert tp["embed"] == tp["lm_head"] == P("model") and tp["attn_norm"] == P()  # vocabulary-parallel
+    # A model axis of 4 over 2 KV heads: KV heads over 2 of it, each group's query heads over the other 2.
+    groups = specs_of(cfg, 1, 4, "tp")
+    assert groups["k"] == P(None, None, "model") and groups["q"] == P(None, None, ("model", "model_q"))
+    both = specs_of(cfg, 2, 2, "tp_fsdp")
+    assert both["q"] == P(None, "data", "model") and both["embed"] == P("model", "data")
+    assert both["attn_norm"] == P(None, "data") and both["down"] == P(None, "model", "data")
+    fsdp = specs_of(cfg, 2, 1, "fsdp")
+    assert fsdp["q"] == P(None, "data") and fsdp["embed"] == P(None, "data") and fsdp["lm_head"] == P(None, "data")
+    # an axis the mesh axis does not divide stays whole: 3 layers of norms are not split, D = 64 over 3 is not
+    assert specs_of(cfg, 3, 1, "fsdp")["q"] == P()
+    with pytest.raises(JaxheadsError, match="--sharding wants a preset"):
+        specs_of(cfg, 1, 1, "zero3")
 
 
 def test_mesh_flag_is_checked():

@@ -5,9 +5,9 @@ import jax
 import numpy as np
 import pytest
 import torch
+from conftest import hf_logits
 
 import jaxheads
-from conftest import hf_logits
 from jaxheads import interventions as iv
 from jaxheads import sahara, scan, ships
 from jaxheads.errors import DataError, JaxheadsError

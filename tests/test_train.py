@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 import transformers
+from conftest import TINY_CONFIGS, hf_logits
 
 import jaxheads
-from conftest import TINY_CONFIGS, hf_logits
 from jaxheads.errors import JaxheadsError
 from jaxheads.train import CheckpointError, Example, PairSet, TrainConfig, export_safetensors, train, trained_model
 from jaxheads.train import lora as lora_lib
@@ -30,7 +30,7 @@ def _weights_equal(a, b):
 
 def test_loss_falls_on_a_memorisation_task(tiny_checkpoint, tmp_path):
     model = jaxheads.load(tiny_checkpoint("llama_mha")[1])
-    config = TrainConfig(steps=30, batch_size=4, learning_rate=1e-2, schedule="constant", save_every=100)
+    config = TrainConfig(steps=30, batch_size=4, learning_rate=1e-2, warmup_steps=0, schedule="constant", save_every=100)
     result = train(model, _examples(4, seed=0), config, tmp_path)
     losses = [record["ce"] for record in result.records]
     assert result.step == 30 and len(losses) == 30
@@ -78,7 +78,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny_checkpoint, tm
 def test_surgery_changes_training_and_zero_lambda_is_plain_sft(tiny_checkpoint, tmp_path):
     model = jaxheads.load(tiny_checkpoint("llama_mha")[1])
     examples, pairs = _examples(4, seed=3), _pairs()
-    base = {"steps": 3, "batch_size": 2, "learning_rate": 1e-2, "save_every": 10}
+    base = {"steps": 3, "batch_size": 2, "learning_rate": 1e-2, "warmup_steps": 0, "save_every": 10}
     plain = train(model, examples, TrainConfig(**base), tmp_path / "plain")
     zero = train(model, examples, TrainConfig(**base), tmp_path / "zero", pairs)
     surgery = train(model, examples, TrainConfig(**base, surgery_lambda=100.0), tmp_path / "surgery", pairs)
@@ -108,7 +108,7 @@ def test_lora_merge_equals_the_unmerged_projection(tiny_checkpoint):
 
 def test_lora_training_keeps_base_weights_outside_targets(tiny_checkpoint, tmp_path):
     model = jaxheads.load(tiny_checkpoint("llama_mha")[1])
-    config = TrainConfig(steps=4, batch_size=2, learning_rate=1e-2, lora_rank=2, lora_targets=("q", "up"))
+    config = TrainConfig(steps=4, batch_size=2, learning_rate=1e-2, warmup_steps=0, lora_rank=2, lora_targets=("q", "up"))
     result = train(model, _examples(4, seed=4), config, tmp_path)
     for name, value in result.weights.items():
         base = np.asarray(getattr(model.module, name)[...])
@@ -133,9 +133,9 @@ def test_export_loads_in_jaxheads_and_transformers(tiny_checkpoint, tmp_path, na
 
 
 def _param_names(model):
-    from jaxheads.models.llama import param_shapes
+    from jaxheads.models.params import shapes
 
-    return list(param_shapes(model.config))
+    return list(shapes(model.config))
 
 
 def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tiny_checkpoint, tmp_path):

@@ -15,8 +15,13 @@ from jaxheads.configs import finetune as finetune_config
 from jaxheads.configs import sink as sink_config
 from jaxheads.errors import DataError, JaxheadsError
 from jaxheads.jobs import align, finetune, sink
-from jaxheads.train.datasets import (answer_value, arithmetic_accuracy, arithmetic_problems, harmful_mixture,
-                                     trim_to_sentence)
+from jaxheads.train.datasets import (
+    answer_value,
+    arithmetic_accuracy,
+    arithmetic_problems,
+    harmful_mixture,
+    trim_to_sentence,
+)
 
 PROVENANCE_KEYS = {"jaxheads_version", "git_commit", "jax_version", "devices", "created_utc", "argv"}
 

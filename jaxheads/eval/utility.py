@@ -17,7 +17,8 @@ from jaxheads.data.formats import format_prompt
 from jaxheads.errors import DataError
 from jaxheads.generation import generate
 from jaxheads.interventions import Interventions
-from jaxheads.sharding import place_rows, split_on_mesh, to_host
+from jaxheads.placement import split_on_mesh
+from jaxheads.sharding import place_rows, to_host
 from jaxheads.tokens import pad_id
 from jaxheads.train.data import Example, pad_right
 from jaxheads.train.trainer import response_cross_entropy

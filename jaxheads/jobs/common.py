@@ -19,12 +19,12 @@ from jaxheads.eval.judges import BUILTIN_JUDGE, JUDGES, is_model_judge, judge_ad
 from jaxheads.interventions import ABLATION_KINDS, check_heads
 from jaxheads.loading import load
 from jaxheads.provenance import provenance
-from jaxheads.sharding import parse_mesh
+from jaxheads.sharding import parse_mesh, parse_rules
 from jaxheads.tokens import encode_prompt
 
 # Settings that only place work on devices, decide when to save, or name the output: they may change between a
 # run and its resume without changing a result.
-PLACEMENT = ("out", "mesh", "chunk_size", "fsdp", "save_every", "keep_checkpoints")
+PLACEMENT = ("out", "mesh", "sharding", "chunk_size", "fsdp", "save_every", "keep_checkpoints")
 DTYPE_NAMES = ("float32", "bfloat16")
 
 
@@ -130,11 +130,23 @@ def check_generation_settings(config) -> None:
 
 def load_model(config, field: str = "model"):
     """The model named by `config[field]` ("" = the embedded default) in `config.dtype`, loaded straight onto
-    the job's `--mesh` (`device_mesh`) when the config has one (split over `data` too with `--fsdp`), so that
-    each process reads only the slices of the weights its devices hold."""
+    the job's `--mesh` (`device_mesh`) in the layout of its `--sharding` rules (tp_fsdp with `--fsdp`) when the
+    config has one, so that each process reads only the slices of the weights its devices hold."""
     mesh = device_mesh(config) if "mesh" in config else None
-    fsdp = mesh is not None and bool(config.get("fsdp", False))
-    return load(config[field] or None, dtype=config.dtype, mesh=mesh, fsdp=fsdp)
+    return load(config[field] or None, dtype=config.dtype, mesh=mesh, sharding=sharding_rules(config))
+
+
+def sharding_rules(config) -> str | None:
+    """The sharding rules of a config: its `--sharding` (made tp_fsdp by `--fsdp`); None without a mesh."""
+    if "mesh" not in config:
+        return None
+    rules = config.get("sharding", "tp")
+    if config.get("fsdp", False):
+        if rules not in ("tp", "tp_fsdp"):
+            raise JaxheadsError(f"--fsdp is --sharding=tp_fsdp; it cannot be combined with --sharding={rules}")
+        rules = "tp_fsdp"
+    parse_rules(rules)
+    return rules
 
 
 def device_mesh(config):

@@ -15,6 +15,7 @@ from jaxheads.errors import JaxheadsError
 from jaxheads.interventions import check_heads, parse_heads
 from jaxheads.jobs import common
 from jaxheads.patterns import attention_patterns
+from jaxheads.sharding import to_host
 from jaxheads.tokens import pad_id, pad_left
 
 SETS = ("harmful", "harmless")
@@ -52,7 +53,7 @@ def token_strings(tokenizer, ids) -> list[str]:
     return [tokenizer.decode([int(token)]).replace("\n", "\\n") or repr(int(token)) for token in ids]
 
 
-def last_position_attention(model, data, heads, batch_size: int) -> list[dict]:
+def last_position_attention(model, data, heads, batch_size: int, mesh=None) -> list[dict]:
     """Per prompt of `data`: its token strings and the last position's attention over them, `[heads, tokens]`."""
     layers = sorted({layer for layer, _ in heads})
     rows = [(layers.index(layer), head) for layer, head in heads]
@@ -60,7 +61,7 @@ def last_position_attention(model, data, heads, batch_size: int) -> list[dict]:
     for start in range(0, len(data), batch_size):
         chunk = data.ids[start:start + batch_size]
         ids, mask = pad_left(chunk, pad_id(model.tokenizer))
-        patterns = np.asarray(attention_patterns(model, ids, mask, layers=layers))  # [B, L', N, T, T]
+        patterns = to_host(attention_patterns(model, ids, mask, layers=layers, mesh=mesh))  # [B, L', N, T, T]
         for b, prompt_ids in enumerate(chunk):
             last = patterns[b, :, :, -1, ids.shape[1] - len(prompt_ids):]  # real keys only (left padding)
             found.append({"tokens": token_strings(model.tokenizer, prompt_ids),
@@ -87,7 +88,9 @@ def run(config) -> dict:
         heads = check_heads(heads, model.config.num_layers, model.config.num_heads)
         sets = {name: common.load_prompt_set(model, config[name], config.prompt_format, limit=config.limit)
                 for name in SETS}
-        measured = {name: last_position_attention(model, data, heads, config.batch_size) for name, data in sets.items()}
+        mesh = common.device_mesh(config)
+        measured = {name: last_position_attention(model, data, heads, config.batch_size, mesh)
+                    for name, data in sets.items()}
         for name, data in sets.items():
             common.require(config, "example", lambda index, size=len(data): index < size,
                            f"below the number of prompts of each set ({len(data)} in {data.source})")

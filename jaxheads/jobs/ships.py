@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from jaxheads import io, plots, ships
 from jaxheads.jobs import common
-from jaxheads.scan import model_on_mesh
+from jaxheads.placement import model_on_mesh
 
 LOG = "ships.partial.jsonl"
 HARMLESS_LOG = "ships_harmless.partial.jsonl"

@@ -15,6 +15,8 @@ import numpy as np
 from jaxheads import io, plots
 from jaxheads.jobs import common, training
 from jaxheads.loading import load
+from jaxheads.placement import model_on_mesh
+from jaxheads.sharding import place_rows, to_host
 from jaxheads.sink import sink_attention
 from jaxheads.tokens import pad_id
 from jaxheads.train import tokenize_examples
@@ -22,13 +24,16 @@ from jaxheads.train.data import pad_right
 from jaxheads.train.datasets import refusal_answers
 
 
-def mean_sink_attention(model, examples, batch_size: int, max_length: int):
-    """alpha `[L, N]` averaged over `examples` (whole sequences, prompt and answer), `batch_size` at a time."""
+def mean_sink_attention(model, examples, batch_size: int, max_length: int, mesh=None):
+    """alpha `[L, N]` averaged over `examples` (whole sequences, prompt and answer), `batch_size` at a time; on a
+    `mesh`, rows split over `data` where they divide, weights in the model's layout."""
     compute = jax.jit(sink_attention)
+    module = model.module if mesh is None else model_on_mesh(model, mesh).module
     rows = []
     for start in range(0, len(examples), batch_size):
         batch = pad_right(examples[start:start + batch_size], pad_id(model.tokenizer), max_length)
-        rows.append(np.asarray(compute(model.module, batch.ids, batch.mask)))
+        ids, mask = (batch.ids, batch.mask) if mesh is None else place_rows((batch.ids, batch.mask), mesh)
+        rows.append(to_host(compute(module, ids, mask)))
     return np.concatenate(rows).mean(axis=0)
 
 
@@ -56,7 +61,8 @@ def run(config) -> dict:
         alpha = {}
         for side, side_pairs in (("harmful", pairs), ("safe", safe)):
             examples = tokenize_examples(model.tokenizer, side_pairs, config.prompt_format, config.max_length)
-            alpha[side] = mean_sink_attention(model, examples, config.batch_size, config.max_length)
+            alpha[side] = mean_sink_attention(model, examples, config.batch_size, config.max_length,
+                                              common.device_mesh(config))
         divergence = alpha["harmful"] - alpha["safe"]
         positive = int((divergence > 0).sum())
         output = {**common.shape_fields(model), "answers_model": answers_model.name, "dataset": config.dataset,

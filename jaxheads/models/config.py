@@ -1,4 +1,5 @@
-"""Model configuration: the architecture facts a forward pass needs, read from a `transformers` config."""
+"""Model configuration: the architecture facts a forward pass needs, as switches of the one decoder, read from a
+`transformers` config by the family files (`jaxheads.models.llama`, `jaxheads.models.gemma`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from typing import Any
 import numpy as np
 
 from jaxheads.errors import LoadError
+from jaxheads.models import gemma, llama
+from jaxheads.models.gemma import GEMMA_FAMILY
+from jaxheads.models.hf import field as _get
+from jaxheads.models.hf import rope_parameters as _rope_parameters
+from jaxheads.models.llama import LLAMA_FAMILY
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
-GEMMA_FAMILY = ("gemma", "gemma2", "gemma3_text", "gemma3")  # gemma3: the text decoder of the multimodal model
 SUPPORTED_MODEL_TYPES = LLAMA_FAMILY + GEMMA_FAMILY
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -55,6 +59,8 @@ class ModelConfig:
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
     sandwich_norms: bool = False  # Gemma 2/3: norms after attention and MLP as well as before
+    norm_plus_one: bool = False  # Gemma: RMSNorm times (1 + w) in float32 (Llama: times w in the input's dtype)
+    embed_scale: bool = False  # Gemma: embeddings times sqrt(D), rounded to the embedding dtype
     local_window: int | None = None
     local_layers: tuple[bool, ...] = ()  # [L] True for sliding-window (local) layers
     local_rope_theta: float | None = None  # RoPE base of the local layers (None: rope_theta, no scaling)
@@ -97,97 +103,6 @@ class ModelConfig:
         return inv_freq
 
 
-def _get(hf: Any, name: str, default: Any = None) -> Any:
-    if isinstance(hf, dict):
-        return hf.get(name, default)
-    return getattr(hf, name, default)
-
-
-def _rope_parameters(hf: Any, layer_type: str = "full_attention") -> dict:
-    """RoPE settings from either the new `rope_parameters` or the older `rope_theta` + `rope_scaling` fields.
-
-    Gemma 3 keeps one set per layer type (`{"full_attention": {...}, "sliding_attention": {...}}`).
-    """
-    params = dict(_get(hf, "rope_parameters") or {})
-    if "full_attention" in params:
-        params = dict(params.get(layer_type) or {})
-    scaling = _get(hf, "rope_scaling") or {}
-    params = {**scaling, **params}
-    params.setdefault("rope_theta", _get(hf, "rope_theta", 10000.0))
-    params.setdefault("rope_type", params.get("type", "default"))
-    return params
-
-
-# Gemma's defaults where a config.json (or a GGUF file's metadata) leaves a field out, as in `transformers`.
-GEMMA_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
-GEMMA_DEFAULT_WINDOW = 4096
-GEMMA2_DEFAULT_SOFTCAPS = (50.0, 30.0)  # attention logits, final logits
-GEMMA3_DEFAULT_LOCAL_ROPE_THETA = 10000.0
-GEMMA3_DEFAULT_PATTERN = 6  # every sixth layer is global
-
-
-def _gemma_fields(hf: Any, model_type: str, num_layers: int) -> dict[str, Any]:
-    """The ModelConfig fields that only Gemma (1, 2, 3 text) sets."""
-    if _get(hf, "attention_bias", False):
-        raise LoadError(f"{model_type} with attention_bias=True is not supported")
-    if _get(hf, "use_bidirectional_attention", False):
-        raise LoadError(f"{model_type} with use_bidirectional_attention=True is not supported")
-    if model_type == "gemma":
-        activation = _get(hf, "hidden_act", "gelu_pytorch_tanh")
-        activation = "gelu_pytorch_tanh" if activation == "gelu" else activation  # as transformers reads it
-    else:
-        activation = _get(hf, "hidden_activation", "gelu_pytorch_tanh")
-    if activation not in GEMMA_ACTIVATIONS:
-        raise LoadError(f"unsupported activation {activation!r}; Gemma uses one of {', '.join(GEMMA_ACTIVATIONS)}")
-    fields = {"hidden_act": activation, "tie_word_embeddings": bool(_get(hf, "tie_word_embeddings", True))}
-    if model_type == "gemma":
-        return fields
-    layer_types = _get(hf, "layer_types")
-    if layer_types is None:
-        pattern = 2 if model_type == "gemma2" else _get(hf, "sliding_window_pattern", GEMMA3_DEFAULT_PATTERN)
-        layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(num_layers)]
-    if len(layer_types) != num_layers or set(layer_types) - {"full_attention", "sliding_attention"}:
-        raise LoadError(f"layer_types {layer_types!r} must give full_attention or sliding_attention for each of "
-                        f"the {num_layers} layers")
-    default_caps = GEMMA2_DEFAULT_SOFTCAPS if model_type == "gemma2" else (None, None)
-    attn_cap = _get(hf, "attn_logit_softcapping", default_caps[0])
-    final_cap = _get(hf, "final_logit_softcapping", default_caps[1])
-    fields.update(
-        query_pre_attn_scalar=float(_get(hf, "query_pre_attn_scalar") or 256),
-        attn_logit_softcap=None if attn_cap is None else float(attn_cap),
-        final_logit_softcap=None if final_cap is None else float(final_cap),
-        sandwich_norms=True,
-        qk_norm=model_type == "gemma3_text",
-        local_window=int(_get(hf, "sliding_window") or GEMMA_DEFAULT_WINDOW),
-        local_layers=tuple(kind == "sliding_attention" for kind in layer_types),
-    )
-    if model_type == "gemma3_text":
-        local = dict(_get(hf, "rope_parameters") or {}).get("sliding_attention") or {}
-        if local.get("rope_type", "default") != "default":
-            raise LoadError(f"unsupported RoPE scaling {local['rope_type']!r} on Gemma 3's local layers")
-        fields["local_rope_theta"] = float(local.get("rope_theta")
-                                           or _get(hf, "rope_local_base_freq", GEMMA3_DEFAULT_LOCAL_ROPE_THETA))
-    return fields
-
-
-def gemma3_text_config(hf: Any) -> dict[str, Any]:
-    """The text decoder's config of a multimodal Gemma 3 config: its `text_config` (often partial in a
-    config.json) completed by `transformers.Gemma3TextConfig`'s own defaults, with the outer config's special
-    token ids where it sets them (the outer `eos_token_id` lists the chat's end-of-turn token)."""
-    text = _get(hf, "text_config")
-    if text is None:
-        raise LoadError("this gemma3 config has no text_config")
-    if isinstance(text, dict):
-        from transformers import Gemma3TextConfig
-
-        text = Gemma3TextConfig.from_dict(text)
-    text = text.to_dict()
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if _get(hf, key) is not None:
-            text[key] = _get(hf, key)
-    return text
-
-
 def config_from_hf(hf: Any) -> ModelConfig:
     """Builds a ModelConfig from a `transformers` PretrainedConfig (or a config.json dict)."""
     model_type = _get(hf, "model_type")
@@ -196,7 +111,7 @@ def config_from_hf(hf: Any) -> ModelConfig:
             f"unsupported model_type {model_type!r}; jaxheads supports {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     if model_type == "gemma3":  # the multimodal model: its text decoder only
-        hf, model_type = gemma3_text_config(hf), "gemma3_text"
+        hf, model_type = gemma.text_config(hf), "gemma3_text"
     rope = _rope_parameters(hf)
     if rope["rope_type"] not in SUPPORTED_ROPE_TYPES:
         raise LoadError(
@@ -209,19 +124,12 @@ def config_from_hf(hf: Any) -> ModelConfig:
         raise LoadError(f"num_attention_heads={num_heads} is not a multiple of num_key_value_heads={num_kv}")
     eos = _get(hf, "eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
-    attention_bias = bool(_get(hf, "attention_bias", False))
-    sliding = _get(hf, "sliding_window") if model_type == "mistral" else None
-    if model_type in ("qwen2", "qwen3") and _get(hf, "use_sliding_window", False):
-        raise LoadError(f"{model_type} with use_sliding_window=True is not supported")
     num_layers = _get(hf, "num_hidden_layers")
     head_dim = _get(hf, "head_dim") or hidden // num_heads
     if model_type in GEMMA_FAMILY:
-        family_fields = _gemma_fields(hf, model_type, num_layers)
-    elif _get(hf, "hidden_act", "silu") != "silu":
-        raise LoadError(f"unsupported hidden_act {_get(hf, 'hidden_act')!r}; the Llama family uses 'silu'")
+        family_fields = gemma.config_fields(hf, model_type, num_layers)
     else:
-        family_fields = {"tie_word_embeddings": bool(_get(hf, "tie_word_embeddings", False)),
-                         "qk_norm": model_type == "qwen3"}
+        family_fields = llama.config_fields(hf, model_type)
     max_pos = _get(hf, "max_position_embeddings", 2048)
     return ModelConfig(
         model_type=model_type,
@@ -240,10 +148,6 @@ def config_from_hf(hf: Any) -> ModelConfig:
         rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
         rope_original_max_positions=int(rope.get("original_max_position_embeddings") or max_pos),
         max_position_embeddings=max_pos,
-        qkv_bias=model_type == "qwen2" or (model_type in ("llama", "qwen3") and attention_bias),
-        o_bias=model_type in ("llama", "qwen3") and attention_bias,
-        mlp_bias=model_type == "llama" and bool(_get(hf, "mlp_bias", False)),
-        sliding_window=sliding,
         bos_token_id=_get(hf, "bos_token_id"),
         eos_token_ids=eos_ids,
         pad_token_id=_get(hf, "pad_token_id"),

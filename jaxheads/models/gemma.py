@@ -1,173 +1,105 @@
-"""Gemma decoders in Flax NNX: Gemma (1), Gemma 2 and Gemma 3 (text).
-
-They share the Llama family's layout (heads as an explicit axis, layers stacked on a leading L axis), its
-attention core with the per-head interventions of docs/methods.md §1, its KV cache and its layer loop. What differs:
-RMSNorm with a `(1 + w)` weight applied in float32, embeddings scaled by √D, a GeGLU MLP, attention scaled by
-`query_pre_attn_scalar ** -0.5`; Gemma 2/3 add norms after attention and MLP, attention and final-logit
-soft-capping and sliding-window (local) layers among global ones; Gemma 3 adds QK-norm and a RoPE base of its
-own for the local layers. Which layers are local is data (a `[L]` bool array scanned with the parameters), so
-the decoder is still one `lax.scan` or a loop from a traced start layer.
-"""
+"""The Gemma family (Gemma 1, Gemma 2, Gemma 3 text, and the text decoder of multimodal Gemma 3) as `ModelConfig`
+switches of the one decoder (`jaxheads.models.decoder`): `(1 + w)` norms in float32 and embeddings times sqrt(D)
+(all), a GeGLU MLP, attention scaled by `query_pre_attn_scalar ** -0.5`; Gemma 2/3 add norms after attention and
+MLP, attention and final-logit soft-capping and sliding-window (local) layers among global ones; Gemma 3 adds
+QK-norm and a RoPE base of its own for the local layers. Read from a `transformers` config, and written back for
+export."""
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from typing import Any
 
-from jaxheads.attention import NO_WINDOW, AttentionKernel, AttentionMask, soft_cap
-from jaxheads.interventions import Interventions
-from jaxheads.models.config import ModelConfig
-from jaxheads.models.llama import (
-    DECODER_WEIGHT_MAP,
-    Llama,
-    apply_rope,
-    attend,
-    decoder_shapes,
-    rope_tables,
-    scale_queries,
-)
+from jaxheads.errors import LoadError
+from jaxheads.models.hf import field
 
-# Hugging Face parameter name -> (jaxheads parameter, layout change), as `llama.HF_WEIGHT_MAP`. Gemma 1's
-# `post_attention_layernorm` is the norm before the MLP; Gemma 2/3's normalises the attention output.
-GEMMA_WEIGHT_MAP = {
-    **DECODER_WEIGHT_MAP,
-    "model.layers.{i}.post_attention_layernorm.weight": ("mlp_norm", "none"),  # [D]
-}
-GEMMA2_WEIGHT_MAP = {
-    **DECODER_WEIGHT_MAP,
-    "model.layers.{i}.post_attention_layernorm.weight": ("post_attn_norm", "none"),  # [D]
-    "model.layers.{i}.pre_feedforward_layernorm.weight": ("mlp_norm", "none"),  # [D]
-    "model.layers.{i}.post_feedforward_layernorm.weight": ("post_mlp_norm", "none"),  # [D]
-    "model.layers.{i}.self_attn.q_norm.weight": ("q_norm", "none"),  # [d] (Gemma 3)
-    "model.layers.{i}.self_attn.k_norm.weight": ("k_norm", "none"),  # [d] (Gemma 3)
-}
+GEMMA_FAMILY = ("gemma", "gemma2", "gemma3_text", "gemma3")  # gemma3: the text decoder of the multimodal model
+# Gemma's defaults where a config.json (or a GGUF file's metadata) leaves a field out, as in `transformers`.
+GEMMA_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
+GEMMA_DEFAULT_WINDOW = 4096
+GEMMA2_DEFAULT_SOFTCAPS = (50.0, 30.0)  # attention logits, final logits
+GEMMA3_DEFAULT_LOCAL_ROPE_THETA = 10000.0
+GEMMA3_DEFAULT_PATTERN = 6  # every sixth layer is global
 
 
-def weight_map(cfg: ModelConfig) -> dict[str, tuple[str, str]]:
-    """The Hugging Face -> jaxheads name map of this Gemma version."""
-    return GEMMA2_WEIGHT_MAP if cfg.sandwich_norms else GEMMA_WEIGHT_MAP
+def text_config(hf: Any) -> dict[str, Any]:
+    """The text decoder's config of a multimodal Gemma 3 config: its `text_config` (often partial in a
+    config.json) completed by `transformers.Gemma3TextConfig`'s own defaults, with the outer config's special
+    token ids where it sets them (the outer `eos_token_id` lists the chat's end-of-turn token)."""
+    text = field(hf, "text_config")
+    if text is None:
+        raise LoadError("this gemma3 config has no text_config")
+    if isinstance(text, dict):
+        from transformers import Gemma3TextConfig  # transformers is only imported for this one config form
+
+        text = Gemma3TextConfig.from_dict(text)
+    text = text.to_dict()
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if field(hf, key) is not None:
+            text[key] = field(hf, key)
+    return text
 
 
-def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Shapes of every parameter of a Gemma config: the shared ones plus Gemma 2/3's post-sublayer norms."""
-    shapes = decoder_shapes(cfg)
-    if cfg.sandwich_norms:
-        shapes.update(post_attn_norm=(cfg.num_layers, cfg.hidden_size), post_mlp_norm=(cfg.num_layers, cfg.hidden_size))
-    return shapes
+def config_fields(hf: Any, model_type: str, num_layers: int) -> dict[str, Any]:
+    """The ModelConfig fields of Gemma (1, 2, 3 text)."""
+    if field(hf, "attention_bias", False):
+        raise LoadError(f"{model_type} with attention_bias=True is not supported")
+    if field(hf, "use_bidirectional_attention", False):
+        raise LoadError(f"{model_type} with use_bidirectional_attention=True is not supported")
+    if model_type == "gemma":
+        activation = field(hf, "hidden_act", "gelu_pytorch_tanh")
+        activation = "gelu_pytorch_tanh" if activation == "gelu" else activation  # as transformers reads it
+    else:
+        activation = field(hf, "hidden_activation", "gelu_pytorch_tanh")
+    if activation not in GEMMA_ACTIVATIONS:
+        raise LoadError(f"unsupported activation {activation!r}; Gemma uses one of {', '.join(GEMMA_ACTIVATIONS)}")
+    fields = {"hidden_act": activation, "tie_word_embeddings": bool(field(hf, "tie_word_embeddings", True)),
+              "norm_plus_one": True, "embed_scale": True}
+    if model_type == "gemma":
+        return fields
+    layer_types = field(hf, "layer_types")
+    if layer_types is None:
+        pattern = 2 if model_type == "gemma2" else field(hf, "sliding_window_pattern", GEMMA3_DEFAULT_PATTERN)
+        layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(num_layers)]
+    if len(layer_types) != num_layers or set(layer_types) - {"full_attention", "sliding_attention"}:
+        raise LoadError(f"layer_types {layer_types!r} must give full_attention or sliding_attention for each of "
+                        f"the {num_layers} layers")
+    default_caps = GEMMA2_DEFAULT_SOFTCAPS if model_type == "gemma2" else (None, None)
+    attn_cap = field(hf, "attn_logit_softcapping", default_caps[0])
+    final_cap = field(hf, "final_logit_softcapping", default_caps[1])
+    fields.update(
+        query_pre_attn_scalar=float(field(hf, "query_pre_attn_scalar") or 256),
+        attn_logit_softcap=None if attn_cap is None else float(attn_cap),
+        final_logit_softcap=None if final_cap is None else float(final_cap),
+        sandwich_norms=True,
+        qk_norm=model_type == "gemma3_text",
+        local_window=int(field(hf, "sliding_window") or GEMMA_DEFAULT_WINDOW),
+        local_layers=tuple(kind == "sliding_attention" for kind in layer_types),
+    )
+    if model_type == "gemma3_text":
+        local = dict(field(hf, "rope_parameters") or {}).get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default":
+            raise LoadError(f"unsupported RoPE scaling {local['rope_type']!r} on Gemma 3's local layers")
+        fields["local_rope_theta"] = float(local.get("rope_theta")
+                                           or field(hf, "rope_local_base_freq", GEMMA3_DEFAULT_LOCAL_ROPE_THETA))
+    return fields
 
 
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """Gemma's RMSNorm: normalised and multiplied by `(1 + weight)` in float32, then cast to x's dtype."""
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (normed * (1.0 + weight.astype(jnp.float32))).astype(x.dtype)
-
-
-def local_attention_mask(mask: jax.Array, window: int) -> jax.Array:
-    """Restricts a causal mask `[B, T, S]` to keys less than `window` slots before each query.
-
-    Every real query attends its own slot, which is the last slot its row allows, so the query's slot is read
-    off the mask (the same mask serves whole prompts and cached steps; padding queries' rows are never read).
-    """
-    key_index = jnp.arange(mask.shape[-1])
-    query_index = jnp.max(jnp.where(mask, key_index, -1), axis=-1, keepdims=True)
-    return mask & (query_index - key_index < window)
-
-
-def decoder_layer(cfg: ModelConfig, p: dict, h: jax.Array, cos: jax.Array, sin: jax.Array,
-                  mask: AttentionMask | jax.Array, heads: Interventions | None,
-                  cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | int = 0,
-                  sink_index: jax.Array | None = None, kernel: AttentionKernel = AttentionKernel(),
-                  record: str | None = None):
-    """One Gemma decoder layer on `h: [B, T, D]`, with this layer's parameters `p`, RoPE tables `[B, T, d]`
-    and mask (already the local or global one); arguments and result as `llama.decoder_layer`."""
-    eps = cfg.rms_norm_eps
-    x = rms_norm(h, p["attn_norm"], eps)
-    q = jnp.einsum("btD,Dnd->btnd", x, p["q"])
-    k = jnp.einsum("btD,Dkd->btkd", x, p["k"])
-    v = jnp.einsum("btD,Dkd->btkd", x, p["v"])
-    if cfg.qk_norm:
-        q, k = rms_norm(q, p["q_norm"], eps), rms_norm(k, p["k_norm"], eps)
-    q = scale_queries(q, heads)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out, cache, sink = attend(q, k, v, mask, heads, cache, cache_index, sink_index, cfg.attention_scale,
-                              cfg.attn_logit_softcap, kernel, record)
-    attn = jnp.einsum("btnd,ndD->btD", out, p["o"])
-    if cfg.sandwich_norms:
-        attn = rms_norm(attn, p["post_attn_norm"], eps)
-    h = h + attn
-    x = rms_norm(h, p["mlp_norm"], eps)
-    gate = jnp.einsum("btD,DF->btF", x, p["gate"])
-    up = jnp.einsum("btD,DF->btF", x, p["up"])
-    act = jax.nn.gelu(gate, approximate=cfg.hidden_act == "gelu_pytorch_tanh")
-    mlp = jnp.einsum("btF,FD->btD", act * up, p["down"])
-    if cfg.sandwich_norms:
-        mlp = rms_norm(mlp, p["post_mlp_norm"], eps)
-    return h + mlp, cache, sink
-
-
-class Gemma(Llama):
-    """A Gemma (1, 2 or 3 text) causal LM with the Llama module's interface (`embed_tokens`, `run_layers`,
-    `final_hidden`, `logits`, `__call__`); every parameter is an `nnx.Param` named as in `param_shapes`."""
-
-    NORM_INIT = 0.0  # (1 + w) norms: w = 0 is the identity
-
-    @staticmethod
-    def shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-        """Parameter names and shapes of a Gemma module for `config`."""
-        return param_shapes(config)
-
-    @staticmethod
-    def hf_weight_map(config: ModelConfig) -> dict[str, tuple[str, str]]:
-        """Hugging Face parameter name -> (jaxheads parameter, layout change) for this Gemma version."""
-        return weight_map(config)
-
-    def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
-        """Token embeddings `[B, T, D]`, times √D in the embedding's dtype (as `transformers` rounds it)."""
-        embed = self.embed[...]
-        scale = jnp.asarray(np.float32(self.config.hidden_size ** 0.5)).astype(embed.dtype)
-        return jnp.take(embed, input_ids, axis=0) * scale
-
-    def scanned_params(self) -> dict[str, jax.Array]:
-        """`layer_params`, plus the `[L]` bool local-layer flags when the config has local layers."""
-        params = self.layer_params()
-        if self.config.local_layers:
-            params["local"] = jnp.asarray(self.config.local_layers)
-        return params
-
-    def layer_function(self, positions: jax.Array, mask: AttentionMask | jax.Array, dtype,
-                       cache_index: jax.Array | int = 0, sink_index: jax.Array | None = None,
-                       record: str | None = None):
-        """As `Llama.layer_function`; `mask` is the global (causal) one, and a layer whose `p["local"]` is True
-        narrows it to the local window and uses the local RoPE tables (chosen as data inside the layer scan)."""
-        cfg, kernel = self.config, self.attention_kernel
-        cos, sin = rope_tables(cfg, positions, dtype)
-        if cfg.local_layers:
-            local_cos, local_sin = rope_tables(cfg.local_rope(), positions, dtype)
-            if not isinstance(mask, AttentionMask):
-                local_mask = local_attention_mask(mask, cfg.local_window)
-
-        def layer(p, h, layer_heads, layer_cache):
-            if cfg.local_layers:
-                local = p["local"]
-                rope = jnp.where(local, local_cos, cos), jnp.where(local, local_sin, sin)
-                if isinstance(mask, AttentionMask):
-                    global_window = NO_WINDOW if mask.window is None else mask.window
-                    layer_mask = mask.with_window(jnp.where(local, cfg.local_window, global_window))
-                else:
-                    layer_mask = jnp.where(local, local_mask, mask)
-            else:
-                rope, layer_mask = (cos, sin), mask
-            return decoder_layer(cfg, p, h, *rope, layer_mask, layer_heads, layer_cache, cache_index, sink_index,
-                                 kernel, record)
-
-        return layer
-
-    def final_hidden(self, h: jax.Array) -> jax.Array:
-        """The final-norm output (input of the LM head) `[..., D]`."""
-        return rms_norm(h, self.final_norm[...], self.config.rms_norm_eps)
-
-    def logits(self, h: jax.Array) -> jax.Array:
-        """float32 logits `[..., V]` from final hidden states, soft-capped when the config says so (Gemma 2)."""
-        return soft_cap(super().logits(h), self.config.final_logit_softcap)
+def hf_fields(cfg, rope: dict) -> dict[str, Any]:
+    """The `config.json` fields of Gemma 1/2/3 (text) beyond the shared ones; norm weights need no change, as
+    jaxheads keeps Hugging Face's `w` of the `(1 + w)` norms."""
+    if cfg.model_type == "gemma":
+        return {"hidden_act": cfg.hidden_act, "attention_bias": False}
+    scalar = cfg.query_pre_attn_scalar
+    fields = {
+        "hidden_activation": cfg.hidden_act,
+        "attention_bias": False,
+        "query_pre_attn_scalar": int(scalar) if float(scalar).is_integer() else scalar,  # transformers: an int
+        "attn_logit_softcapping": cfg.attn_logit_softcap,
+        "final_logit_softcapping": cfg.final_logit_softcap,
+        "sliding_window": cfg.local_window,
+        "layer_types": ["sliding_attention" if local else "full_attention" for local in cfg.local_layers],
+    }
+    if cfg.model_type == "gemma3_text":
+        local_rope = {"rope_type": "default", "rope_theta": cfg.local_rope_theta}
+        fields["rope_parameters"] = {"full_attention": rope, "sliding_attention": local_rope}
+    return fields

@@ -13,7 +13,8 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from jaxheads.errors import JaxheadsError
-from jaxheads.models import llama, module_class
+from jaxheads.models import gemma, llama
+from jaxheads.models import params as param_table
 from jaxheads.models.config import GEMMA_FAMILY, ModelConfig
 from jaxheads.sharding import is_writer
 
@@ -52,58 +53,23 @@ def hf_config(cfg: ModelConfig) -> dict:
         "pad_token_id": cfg.pad_token_id,
         "dtype": "float32",
     }
-    if cfg.model_type in ("llama", "qwen3"):
-        config["attention_bias"] = cfg.qkv_bias
-    if cfg.model_type == "llama":
-        config["mlp_bias"] = cfg.mlp_bias
-    if cfg.model_type == "mistral":
-        config["sliding_window"] = cfg.sliding_window
-    if cfg.model_type in ("qwen2", "qwen3"):
-        config["use_sliding_window"] = False
-    if cfg.model_type in GEMMA_FAMILY:
-        config.update(_gemma_fields(cfg, rope))
-    else:
-        config["hidden_act"] = cfg.hidden_act
+    config.update(gemma.hf_fields(cfg, rope) if cfg.model_type in GEMMA_FAMILY else llama.hf_fields(cfg))
     return config
-
-
-def _gemma_fields(cfg: ModelConfig, rope: dict) -> dict:
-    """The `config.json` fields of Gemma 1/2/3 (text) beyond the shared ones; norm weights need no change, as
-    jaxheads keeps Hugging Face's `w` of the `(1 + w)` norms."""
-    if cfg.model_type == "gemma":
-        return {"hidden_act": cfg.hidden_act, "attention_bias": False}
-    scalar = cfg.query_pre_attn_scalar
-    fields = {
-        "hidden_activation": cfg.hidden_act,
-        "attention_bias": False,
-        "query_pre_attn_scalar": int(scalar) if float(scalar).is_integer() else scalar,  # transformers: an int
-        "attn_logit_softcapping": cfg.attn_logit_softcap,
-        "final_logit_softcapping": cfg.final_logit_softcap,
-        "sliding_window": cfg.local_window,
-        "layer_types": ["sliding_attention" if local else "full_attention" for local in cfg.local_layers],
-    }
-    if cfg.model_type == "gemma3_text":
-        local_rope = {"rope_type": "default", "rope_theta": cfg.local_rope_theta}
-        fields["rope_parameters"] = {"full_attention": rope, "sliding_attention": local_rope}
-    return fields
 
 
 def hf_tensors(cfg: ModelConfig, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Hugging Face-named float32 tensors (torch layout) from jaxheads parameters `{name: [L, ...] or [...]}`."""
-    cls = module_class(cfg)
-    shapes = cls.shapes(cfg)
+    shapes = param_table.shapes(cfg)
     tensors = {}
-    for hf_name, (param, layout) in cls.hf_weight_map(cfg).items():
-        if param not in shapes:
-            continue
+    for hf_name, (param, layout) in param_table.checkpoint_names(cfg).items():
         value = np.asarray(arrays[param], np.float32)
         if value.shape != shapes[param]:
             raise JaxheadsError(f"parameter {param!r} has shape {value.shape}, the config needs {shapes[param]}")
         if "{i}" not in hf_name:
-            tensors[hf_name] = np.ascontiguousarray(llama.from_param(param, layout, value, cfg))
+            tensors[hf_name] = np.ascontiguousarray(param_table.from_param(layout, value, cfg))
             continue
         for layer in range(cfg.num_layers):
-            tensors[hf_name.format(i=layer)] = np.ascontiguousarray(llama.from_param(param, layout, value[layer], cfg))
+            tensors[hf_name.format(i=layer)] = np.ascontiguousarray(param_table.from_param(layout, value[layer], cfg))
     return tensors
 
 

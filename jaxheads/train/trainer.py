@@ -27,9 +27,10 @@ from jax.sharding import Mesh
 from jaxheads.errors import JaxheadsError
 from jaxheads.io import JsonlLog, content_hash, fingerprint_changes
 from jaxheads.loading import DTYPES, Model
-from jaxheads.models import module_class
+from jaxheads.models import params as param_table
 from jaxheads.models.config import ModelConfig
-from jaxheads.sharding import DATA, MODEL, fsdp_specs, place_rows, to_host, tree_shardings
+from jaxheads.placement import model_layout, parameter_shardings
+from jaxheads.sharding import Layout, parse_rules, place_rows, to_host, tree_shardings
 from jaxheads.sink import positive_heads, sink_divergence, surgery_penalty
 from jaxheads.tokens import pad_id
 from jaxheads.train import lora as lora_lib
@@ -70,7 +71,8 @@ class TrainConfig:
     sink_every: int = 0  # log the positive-divergence head count every this many steps (0 = never)
     max_length: int = 256
     dtype: str = "float32"  # compute dtype; parameters and optimizer state stay float32
-    fsdp: bool = False  # on a mesh: also split each parameter's largest divisible axis over `data`
+    fsdp: bool = False  # on a mesh: also split each parameter's hidden axis over `data` (the tp_fsdp rules)
+    sharding: str = "tp"  # on a mesh: the sharding rules (jaxheads.sharding.RULES); fsdp=True makes tp tp_fsdp
     seed: int = 0
     save_every: int = 50
     keep_checkpoints: int = 2
@@ -92,6 +94,7 @@ class TrainConfig:
             raise JaxheadsError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.learning_rate <= 0 or self.warmup_steps < 0 or self.max_grad_norm < 0 or self.sink_every < 0:
             raise JaxheadsError("learning_rate must be > 0 and warmup_steps, max_grad_norm, sink_every >= 0")
+        parse_rules(self.sharding)
         if self.lora_rank < 0:
             raise JaxheadsError(f"lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
         lora_lib.LoraConfig(max(self.lora_rank, 1), self.lora_alpha, tuple(self.lora_targets))  # checks the targets
@@ -173,9 +176,9 @@ def effective_weights(params, frozen: dict, lora: lora_lib.LoraConfig | None) ->
 
 
 def _loss(params, frozen, batch: Batch, pairs: tuple[Batch, Batch] | None, *, model_config: ModelConfig,
-          lora, dtype, surgery_lambda: float):
+          lora, dtype, surgery_lambda: float, layout: Layout | None = None):
     """CE on response tokens, plus λ · mean ReLU(d) of the sink divergence on `pairs` when given."""
-    module = module_from_arrays(model_config, effective_weights(params, frozen, lora), dtype)
+    module = module_from_arrays(model_config, effective_weights(params, frozen, lora), dtype, layout)
     ce = response_cross_entropy(module(batch.ids, batch.mask), batch.ids, batch.response)
     metrics = {"ce": ce}
     loss = ce
@@ -190,14 +193,14 @@ def _loss(params, frozen, batch: Batch, pairs: tuple[Batch, Batch] | None, *, mo
 
 
 # TrainConfig fields that only place the work or decide when to save: a run may resume with other values.
-PLACEMENT_FIELDS = ("fsdp", "save_every", "keep_checkpoints")
+PLACEMENT_FIELDS = ("fsdp", "sharding", "save_every", "keep_checkpoints")
 
 
 def run_fingerprint(model: Model, examples: Sequence[Example], pairs: PairSet | None, config: TrainConfig) -> dict:
     """What a checkpoint must match to be resumed by this run: the model's files (`Model.fingerprint`) and
     parameter shapes, the training examples and Surgery pairs (hashes of their token ids), and every
     `TrainConfig` field that changes the result (so a finished run asked for other steps is refused too)."""
-    shapes = module_class(model.config).shapes(model.config)
+    shapes = param_table.shapes(model.config)
     settings = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
                 if field.name not in PLACEMENT_FIELDS and field.name != "epochs"}  # steps are set by now
     return {"model": {"name": model.name, **model.fingerprint},
@@ -216,15 +219,21 @@ def _checkpoint_manager(directory: str, config: TrainConfig) -> ocp.CheckpointMa
 
 def training_shardings(tree, model_config: ModelConfig, config: TrainConfig, mesh: Mesh):
     """The `NamedSharding` of each array of a training pytree (the `TrainState`, or the frozen LoRA base) on
-    `mesh`: parameters by the model's tensor-parallel specs over `model`, plus their largest divisible axis over
-    `data` with `fsdp`; optimizer moments follow their parameters; LoRA adapters, the PRNG key and the step
-    counter are replicated."""
-    cls = module_class(model_config)
-    shapes = cls.shapes(model_config)
-    specs = cls.partition_specs(model_config, mesh.shape[MODEL])
-    if config.fsdp:
-        specs = fsdp_specs(specs, shapes, mesh.shape[DATA])
-    return tree_shardings(tree, specs, shapes, mesh)
+    `mesh`: parameters by the layout of `config.sharding` (tensor parallel by default, tp_fsdp with `fsdp`: the
+    layout `jaxheads.load(..., sharding=...)` loads); optimizer moments follow their parameters; LoRA adapters,
+    the PRNG key and the step counter are replicated."""
+    layout = model_layout(model_config, mesh, training_rules(config))
+    return tree_shardings(tree, parameter_shardings(model_config, layout), param_table.shapes(model_config),
+                          layout.array_mesh)
+
+
+def training_rules(config: TrainConfig) -> str:
+    """The sharding rules of a training run: `config.sharding`, or tp_fsdp with `fsdp`, else tp."""
+    if not config.fsdp:
+        return config.sharding
+    if config.sharding not in ("tp", "tp_fsdp"):
+        raise JaxheadsError(f"fsdp=True is the tp_fsdp rules; it cannot be combined with sharding={config.sharding!r}")
+    return "tp_fsdp"
 
 
 def _restore(manager: ocp.CheckpointManager, state: TrainState, fingerprint: dict,
@@ -258,6 +267,24 @@ def _save(manager: ocp.CheckpointManager, state: TrainState, fingerprint: dict, 
     manager.wait_until_finished()
 
 
+def step_function(model_config: ModelConfig, config: TrainConfig, optimizer: optax.GradientTransformation,
+                  layout: Layout | None = None) -> Callable:
+    """One micro-step `(state, frozen, batch, pair_batches) -> (state, metrics)`: the loss (CE, plus the Surgery
+    penalty when `pair_batches` are given), its gradient, and the optimizer update (jit it; `jaxheads.aot`
+    compiles it ahead of time)."""
+    loss_fn = functools.partial(_loss, model_config=model_config, lora=config.lora, dtype=DTYPES[config.dtype],
+                                surgery_lambda=config.surgery_lambda, layout=layout)
+
+    def train_step(state: TrainState, frozen, batch, pair_batches):
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frozen, batch, pair_batches)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.rng, state.micro_step + 1), metrics
+
+    return train_step
+
+
 def _latest_records(records: list[dict]) -> list[dict]:
     """Metric records with only the last one kept per step (a resumed run rewrites the steps after its checkpoint)."""
     by_step = {record["step"]: record for record in records}
@@ -285,7 +312,7 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
     out_dir = os.fspath(out_dir)
     model_config, lora, dtype = model.config, config.lora, DTYPES[config.dtype]
     base = {name: jnp.asarray(getattr(model.module, name)[...], jnp.float32)
-            for name in module_class(model_config).shapes(model_config)}
+            for name in param_table.shapes(model_config)}
     init_key, rng = jax.random.split(jax.random.key(config.seed))
     params = base if lora is None else lora_lib.init_adapters(lora, base, init_key)
     frozen = {} if lora is None else base
@@ -304,16 +331,9 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
         state, meta = _restore(manager, state, fingerprint, shardings)
         pending = meta.get("pending", [])
 
-    loss_fn = functools.partial(_loss, model_config=model_config, lora=lora, dtype=dtype,
-                                surgery_lambda=config.surgery_lambda)
-
-    @functools.partial(jax.jit, out_shardings=None if shardings is None else (shardings, None))
-    def train_step(state: TrainState, frozen, batch, pair_batches):
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frozen, batch, pair_batches)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.rng, state.micro_step + 1), metrics
+    layout = None if mesh is None else model_layout(model_config, mesh, training_rules(config))
+    train_step = jax.jit(step_function(model_config, config, optimizer, layout),
+                         out_shardings=None if shardings is None else (shardings, None))
 
     @jax.jit
     def count_positive_heads(params, frozen, harmful: Batch, safe: Batch):

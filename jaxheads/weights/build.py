@@ -19,8 +19,10 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from jaxheads.errors import LoadError
-from jaxheads.models import llama, module_class
+from jaxheads.models import params as param_table
 from jaxheads.models.config import ModelConfig
+from jaxheads.models.decoder import Decoder
+from jaxheads.sharding import Layout
 
 IGNORED_WEIGHTS = re.compile(r".*rotary_emb\.inv_freq$|^(model\.)?(vision_tower|multi_modal_projector)\.")
 # Gemma 3 multimodal checkpoints keep the text decoder under `model.language_model.` (transformers >= 4.52) or
@@ -32,13 +34,13 @@ MISSING_WEIGHTS_SHOWN = 8  # a LoadError names this many missing weights, then c
 
 def _weight_patterns(cfg: ModelConfig) -> list[tuple[re.Pattern, str, str]]:
     rows = []
-    for hf_name, (param, layout) in module_class(cfg).hf_weight_map(cfg).items():
+    for hf_name, (param, layout) in param_table.checkpoint_names(cfg).items():
         regex = re.escape(hf_name).replace(r"\{i\}", r"(\d+)")
         rows.append((re.compile(f"^{regex}$"), param, layout))
     return rows
 
 
-def module_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], dtype=jnp.float32) -> llama.Llama:
+def module_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], dtype=jnp.float32) -> Decoder:
     """The NNX module of Hugging Face-named tensors (torch layout) held in memory, checked and built as a
     checkpoint's are (`plan_weights`, `build_module`)."""
     return build_module(cfg, MappingSource(dict(tensors)), dtype)
@@ -65,24 +67,27 @@ def _raise_missing(cfg: ModelConfig, filled: dict[str, set[int | None]]) -> None
 def _missing_weights(cfg: ModelConfig, filled: dict[str, set[int | None]]) -> list[str]:
     """The Hugging Face names of the weights that `filled` (parameter -> layers seen, None for a global
     parameter) lacks: global ones first, then layer by layer."""
-    hf_names = {param: hf_name for hf_name, (param, _) in module_class(cfg).hf_weight_map(cfg).items()}
-    missing = [hf_names[param] for param, seen in filled.items() if param in llama.GLOBAL_PARAMS and not seen]
+    hf_names = {param: hf_name for hf_name, (param, _) in param_table.checkpoint_names(cfg).items()}
+    missing = [hf_names[param] for param, seen in filled.items() if param in param_table.GLOBAL_PARAMS and not seen]
     for layer in range(cfg.num_layers):
         missing += [hf_names[param].format(i=layer) for param, seen in filled.items()
-                    if param not in llama.GLOBAL_PARAMS and layer not in seen]
+                    if param not in param_table.GLOBAL_PARAMS and layer not in seen]
     return missing
 
 
-def module_from_arrays(cfg: ModelConfig, arrays: dict[str, Any], dtype=jnp.float32) -> llama.Llama:
-    """An NNX module whose parameters are `arrays` (jaxheads names and layouts), without random init."""
-    names = module_class(cfg).shapes(cfg)
-    return _module_with(cfg, {name: jnp.asarray(arrays[name], dtype) for name in names}, dtype)
+def module_from_arrays(cfg: ModelConfig, arrays: dict[str, Any], dtype=jnp.float32,
+                       layout: Layout | None = None) -> Decoder:
+    """An NNX module whose parameters are `arrays` (jaxheads names and layouts), without random init, holding
+    `layout` (None: one device)."""
+    names = param_table.shapes(cfg)
+    return _module_with(cfg, {name: jnp.asarray(arrays[name], dtype) for name in names}, dtype, layout)
 
 
-def _module_with(cfg: ModelConfig, params: dict[str, jax.Array], dtype) -> llama.Llama:
-    """An NNX module holding the arrays `params` themselves (already of `dtype`, wherever they are placed)."""
-    cls = module_class(cfg)
-    abstract = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+def _module_with(cfg: ModelConfig, params: dict[str, jax.Array], dtype, layout: Layout | None = None) -> Decoder:
+    """An NNX module holding the arrays `params` themselves (already of `dtype`, wherever they are placed), with
+    `layout` (None: one device)."""
+    abstract = nnx.eval_shape(lambda: Decoder(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    abstract.layout = layout
     graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state)
@@ -123,23 +128,10 @@ class MappingSource:
         return tensor[index]
 
 
-def hf_shape(layout: str, shape: tuple[int, ...], cfg: ModelConfig) -> tuple[int, ...]:
-    """The Hugging Face shape of a tensor whose jaxheads layout (one layer) is `shape` (inverse of `to_param`)."""
-    if layout == "transpose":
-        return tuple(reversed(shape))
-    if layout == "in_heads":  # [D, H, d] <- [H*d, D]
-        return shape[1] * shape[2], shape[0]
-    if layout == "out_heads":  # [H, d, D] <- [D, H*d]
-        return shape[2], shape[0] * shape[1]
-    if layout == "heads":  # [H, d] <- [H*d]
-        return (shape[0] * shape[1],)
-    return tuple(shape)
-
-
 def plan_weights(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, WeightSource]:
     """Which checkpoint tensor (of `shapes`: name -> shape) fills each parameter, checked before anything is read:
     an unexpected tensor, one whose shape does not fit the config, and missing ones raise LoadErrors."""
-    param_shapes = module_class(cfg).shapes(cfg)
+    param_shapes = param_table.shapes(cfg)
     patterns = _weight_patterns(cfg)
     plan: dict[str, WeightSource] = {}
     filled: dict[str, set[int | None]] = {name: set() for name in param_shapes}
@@ -157,7 +149,7 @@ def plan_weights(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) -> dic
             raise LoadError(f"weight {hf_name!r} does not fit the config of this {cfg.model_type} model")
         layer = int(found.group(1)) if found.groups() else None
         expected = param_shapes[param] if layer is None else param_shapes[param][1:]
-        if (layer is not None and layer >= cfg.num_layers) or tuple(shape) != hf_shape(layout, expected, cfg):
+        if (layer is not None and layer >= cfg.num_layers) or tuple(shape) != param_table.hf_shape(layout, expected):
             raise LoadError(f"weight {hf_name!r} of shape {tuple(shape)} does not fit the config")
         plan.setdefault(param, WeightSource(layout, {})).names[layer] = stored
         filled[param].add(layer)
@@ -168,7 +160,7 @@ def plan_weights(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) -> dic
 def hf_block(layout: str, bounds: tuple[tuple[int, int], ...], cfg: ModelConfig):
     """`(index, arrange)` for the block `bounds` ((start, stop) per axis) of one layer of a jaxheads parameter:
     the block `index` of the Hugging Face tensor that holds it, and the function that turns that block into it
-    (`to_param` on a block: transposed, heads split out of the flat `H*d` axis, whose whole heads are read,
+    (`params.to_param` on a block: transposed, heads split out of the flat `H*d` axis, whose whole heads are read,
     then cut down to the head-dimension range asked)."""
     d = cfg.head_dim
 
@@ -250,13 +242,16 @@ def shards_from_source(cfg: ModelConfig, source, weight: WeightSource, shards: l
     return buffers
 
 
-def build_module(cfg: ModelConfig, source, dtype, shardings: Mapping[str, NamedSharding] | None = None):
-    """The NNX module of `cfg` with every parameter built from `source` by `build_parameter` (placed by
-    `shardings`, or on the default device), one parameter at a time, after `plan_weights` checked the tensors."""
+def build_module(cfg: ModelConfig, source, dtype, layout: Layout | None = None):
+    """The NNX module of `cfg` with every parameter built from `source` by `build_parameter` (placed by `layout`,
+    which the module then holds, or on the default device), one parameter at a time, after `plan_weights` checked
+    the tensors."""
     plan = plan_weights(cfg, source.shapes)
+    shardings = None if layout is None else layout.parameter_shardings(param_table.logical_axes(cfg),
+                                                                       param_table.shapes(cfg))
     params = {name: build_parameter(cfg, source, plan[name], shape, dtype,
                                     None if shardings is None else shardings[name])
-              for name, shape in module_class(cfg).shapes(cfg).items()}
-    return _module_with(cfg, params, dtype)
+              for name, shape in param_table.shapes(cfg).items()}
+    return _module_with(cfg, params, dtype, layout)
 
 

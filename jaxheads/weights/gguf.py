@@ -1,9 +1,9 @@
 """Reads GGUF checkpoints (llama.cpp's format) as a Hugging Face `config.json`-style dict, float32 tensors under
 Hugging Face names and layouts, and a `transformers` tokenizer, with `gguf`, numpy and `tokenizers` (no PyTorch).
 
-Each family has one table from GGUF tensor names to Hugging Face names (`LLAMA_NAMES`, ...) and one row in
-`FAMILIES` saying how its GGUF tensors differ from Hugging Face's (llama.cpp's Q/K row order, Gemma's norm
-offset). A new family is a new table and a new row.
+The GGUF tensor names come from the parameter table (`jaxheads.models.params`, its `gguf` column); each family
+has one row in `FAMILIES` saying how its GGUF tensors differ from Hugging Face's (llama.cpp's Q/K row order,
+Gemma's norm offset). A new family is a new row.
 """
 
 from __future__ import annotations
@@ -19,44 +19,14 @@ import gguf
 import numpy as np
 
 from jaxheads.errors import LoadError
+from jaxheads.models.params import gguf_names
 
 GGUF_MAGIC = b"GGUF"
 
-# GGUF tensor name -> Hugging Face parameter name; "{i}" is the layer index.
-LLAMA_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-    "blk.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
-    "blk.{i}.attn_q.weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "blk.{i}.attn_k.weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "blk.{i}.attn_v.weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "blk.{i}.attn_output.weight": "model.layers.{i}.self_attn.o_proj.weight",
-    "blk.{i}.attn_q.bias": "model.layers.{i}.self_attn.q_proj.bias",
-    "blk.{i}.attn_k.bias": "model.layers.{i}.self_attn.k_proj.bias",
-    "blk.{i}.attn_v.bias": "model.layers.{i}.self_attn.v_proj.bias",
-    "blk.{i}.attn_output.bias": "model.layers.{i}.self_attn.o_proj.bias",
-    "blk.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
-    "blk.{i}.ffn_gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
-    "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
-    "blk.{i}.ffn_gate.bias": "model.layers.{i}.mlp.gate_proj.bias",
-    "blk.{i}.ffn_up.bias": "model.layers.{i}.mlp.up_proj.bias",
-    "blk.{i}.ffn_down.bias": "model.layers.{i}.mlp.down_proj.bias",
-}
-
-QWEN3_NAMES = {
-    **LLAMA_NAMES,
-    "blk.{i}.attn_q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight",
-    "blk.{i}.attn_k_norm.weight": "model.layers.{i}.self_attn.k_norm.weight",
-}
-
-GEMMA3_NAMES = {
-    **QWEN3_NAMES,
-    "blk.{i}.post_attention_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
-    "blk.{i}.ffn_norm.weight": "model.layers.{i}.pre_feedforward_layernorm.weight",
-    "blk.{i}.post_ffw_norm.weight": "model.layers.{i}.post_feedforward_layernorm.weight",
-}
+# GGUF tensor name -> Hugging Face parameter name ("{i}" is the layer index), from the parameter table: one for
+# the families without Gemma 2/3's sublayer norms, one for those with them.
+PLAIN_NAMES = gguf_names(sandwich_norms=False)
+SANDWICH_NAMES = gguf_names(sandwich_norms=True)
 
 # GGUF tensors that are not Hugging Face parameters (`rope_freqs.weight` is read into `rope_scaling`).
 NON_PARAMETER_TENSORS = ("rope_freqs.weight",)
@@ -77,11 +47,11 @@ class Family:
 # Keyed by GGUF `general.architecture`, except "mistral": llama.cpp writes Mistral models as "llama" and only
 # `general.name` tells them apart (as `transformers` does).
 FAMILIES = {
-    "llama": Family("llama", "LlamaForCausalLM", LLAMA_NAMES, True, 0.0, ("hidden_act", "silu")),
-    "mistral": Family("mistral", "MistralForCausalLM", LLAMA_NAMES, True, 0.0, ("hidden_act", "silu")),
-    "qwen2": Family("qwen2", "Qwen2ForCausalLM", LLAMA_NAMES, False, 0.0, ("hidden_act", "silu")),
-    "qwen3": Family("qwen3", "Qwen3ForCausalLM", QWEN3_NAMES, False, 0.0, ("hidden_act", "silu")),
-    "gemma3": Family("gemma3_text", "Gemma3ForCausalLM", GEMMA3_NAMES, False, -1.0,
+    "llama": Family("llama", "LlamaForCausalLM", PLAIN_NAMES, True, 0.0, ("hidden_act", "silu")),
+    "mistral": Family("mistral", "MistralForCausalLM", PLAIN_NAMES, True, 0.0, ("hidden_act", "silu")),
+    "qwen2": Family("qwen2", "Qwen2ForCausalLM", PLAIN_NAMES, False, 0.0, ("hidden_act", "silu")),
+    "qwen3": Family("qwen3", "Qwen3ForCausalLM", PLAIN_NAMES, False, 0.0, ("hidden_act", "silu")),
+    "gemma3": Family("gemma3_text", "Gemma3ForCausalLM", SANDWICH_NAMES, False, -1.0,
                      ("hidden_activation", "gelu_pytorch_tanh")),
 }
 
