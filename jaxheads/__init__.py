@@ -4,8 +4,11 @@ The package face hands on the names most programs need; each lives in its librar
 `load` and `Model` (`jaxheads.loading`), `forward` (`jaxheads.inference`), `generate`, `Generation`, `Sampling` and
 `eos_ids` (`jaxheads.generation`), `encode_prompts` (`jaxheads.tokens`), the intervention helpers
 (`jaxheads.interventions`), `attention_patterns` (`jaxheads.patterns`) and the error types (`jaxheads.errors`).
+
+Importing the package first keeps libtpu quiet on hosts without a TPU (`jaxheads.tpu`).
 """
 
+from jaxheads import tpu  # noqa: F401  (first: sets libtpu's environment before any JAX backend starts)
 from jaxheads.errors import DataError, JaxheadsError, LoadError
 from jaxheads.generation import Generation, Sampling, eos_ids, generate
 from jaxheads.inference import forward

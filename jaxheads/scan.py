@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,19 +20,30 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from jaxheads import tokens
-from jaxheads.attention import AttentionKernel, attention_bytes
+from jaxheads.attention import AttentionKernel
 from jaxheads.errors import DataError
 from jaxheads.interventions import Interventions
 from jaxheads.loading import Model
 from jaxheads.models.decoder import positions_from_mask, prompt_attention_mask
-from jaxheads.placement import split_on_mesh
-from jaxheads.sharding import DATA, MODEL, constrain, make_mesh, place_rows, replicate, shard_rows, to_host
+from jaxheads.placement import layout_for, split_on_mesh
+from jaxheads.sharding import (
+    DATA,
+    MODEL,
+    constrain,
+    make_mesh,
+    place_rows,
+    replicate,
+    resolve_spec,
+    shard_rows,
+    split_of,
+    to_host,
+)
 
 DEFAULT_BATCH_SIZE = 16
-AUTO_CHUNK = 0  # chunk size 0: as many ablations per device call as half the free device memory holds
+AUTO_CHUNK = 0  # chunk size 0: as many ablations per device call as `MEMORY_SHARE` of the free memory holds
 FALLBACK_CHUNK = 16  # where the device reports no memory statistics (CPU)
 MAX_AUTO_CHUNK = 256
-MEMORY_SHARE = 0.5  # of the free device memory, for one chunk's activations (XLA needs room of its own)
+MEMORY_SHARE = 0.8  # of the free device memory, for a scan's activations (room for XLA's own and the estimate's error)
 
 
 @dataclasses.dataclass
@@ -146,16 +157,34 @@ class Chunk:
     rows: np.ndarray
 
 
-def ablation_bytes(config, rows: int, tokens: int, itemsize: int, kernel: AttentionKernel = AttentionKernel()) -> int:
-    """Estimated peak activation bytes of one ablation on `rows` prompts of `tokens` tokens (one device's
-    share): one layer's hidden-sized (residual, norm, q, k, v, attention output) and MLP-sized (gate, up,
-    product) buffers in the model dtype, its attention kernel's own memory (`attention.attention_bytes`: the
-    float32 logits and probabilities `[rows, N, T, T]` on the dense kernel, one tile and the padded q, k, v on the
-    blocked one), and the float32 vocabulary rows of the last position (logits, log-probs, KL terms)."""
-    per_token = 6 * config.hidden_size + 3 * config.intermediate_size
-    layer = rows * tokens * per_token * itemsize + attention_bytes(config.num_heads, config.head_dim, rows, tokens,
-                                                                   tokens, itemsize, kernel)
-    return layer + 3 * rows * config.vocab_size * 4
+def ablation_splits(config, rules: Mapping[str, str], sizes: Mapping[str, int]) -> dict[str, int]:
+    """How many ways sharding `rules` on a mesh of axis `sizes` (`Layout.rules`, `Layout.sizes`) split what a scan
+    holds per device: the query heads (`heads`), MLP width (`mlp`) and vocabulary (`vocab`) of one ablation's
+    activations, and the hidden axis of the saved layer inputs (`saved_embed`)."""
+    return {axis: split_of(resolve_spec((axis,), (size,), rules, sizes), sizes)
+            for axis, size in (("heads", config.num_heads), ("mlp", config.intermediate_size),
+                               ("vocab", config.vocab_size), ("saved_embed", config.hidden_size))}
+
+
+def ablation_bytes(config, rows: int, tokens: int, itemsize: int, kernel: AttentionKernel = AttentionKernel(),
+                   splits: dict[str, int] | None = None) -> int:
+    """Estimated peak activation bytes of one ablation on `rows` prompts of `tokens` tokens (one device's share
+    of the rows; `splits` the layout's `ablation_splits`), calibrated against XLA's compiled peaks
+    (docs/scaling.md): per token the residual stream and the MLP's gate, up and product (`D + 3F / split`) in the
+    model dtype; the attention's working memory, which XLA fuses down to one float32 copy of the logits
+    `[rows, N, T, S]` on the dense kernel and to one tile of them and the running statistics of one query block on
+    the blocked one (no T x S term); and the float32 vocabulary rows of the last position
+    (logits, log-probs, KL terms)."""
+    splits = splits or {}
+    heads = -(-config.num_heads // splits.get("heads", 1))
+    per_token = config.hidden_size + 3 * config.intermediate_size // splits.get("mlp", 1)
+    if kernel.blocked(tokens, tokens):
+        block_q, block_k = min(kernel.block_q, tokens), min(kernel.block_k, tokens)
+        attention = rows * heads * block_q * (block_k + config.head_dim + 2) * 4
+    else:
+        attention = rows * heads * tokens * tokens * 4
+    vocab = 3 * rows * (config.vocab_size // splits.get("vocab", 1)) * 4
+    return rows * tokens * per_token * itemsize + attention + vocab
 
 
 def free_device_bytes(device) -> int | None:
@@ -166,29 +195,38 @@ def free_device_bytes(device) -> int | None:
     return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
 
 
+def saved_input_bytes(config, rows: int, tokens: int, itemsize: int, splits: dict[str, int] | None = None) -> int:
+    """Bytes per device of a batch's saved layer inputs `[L, rows, T, D]` (D split `splits["saved_embed"]` ways)."""
+    split = (splits or {}).get("saved_embed", 1)
+    return config.num_layers * rows * tokens * (config.hidden_size // split) * itemsize
+
+
 def auto_chunk_size(config, rows: int, tokens: int, itemsize: int, device,
-                    kernel: AttentionKernel = AttentionKernel()) -> int:
-    """Ablations per device call whose activations (`ablation_bytes` each, with the model's attention `kernel`)
-    fit in `MEMORY_SHARE` of `device`'s free memory, between 1 and `MAX_AUTO_CHUNK`; `FALLBACK_CHUNK` when the
-    device reports no memory."""
+                    kernel: AttentionKernel = AttentionKernel(), splits: dict[str, int] | None = None,
+                    representation_bytes: int = 0) -> int:
+    """Ablations per device call whose activations (`ablation_bytes` each) fit in `MEMORY_SHARE` of `device`'s
+    free memory beside the saved layer inputs and `representation_bytes`, between 1 and `MAX_AUTO_CHUNK`;
+    `FALLBACK_CHUNK` when the device reports no memory."""
     free = free_device_bytes(device)
     if free is None:
         return FALLBACK_CHUNK
-    fitting = int(free * MEMORY_SHARE) // ablation_bytes(config, rows, tokens, itemsize, kernel)
+    room = int(free * MEMORY_SHARE) - saved_input_bytes(config, rows, tokens, itemsize, splits) - representation_bytes
+    fitting = room // ablation_bytes(config, rows, tokens, itemsize, kernel, splits)
     return int(np.clip(fitting, 1, MAX_AUTO_CHUNK))
 
 
 def check_memory(config, rows: int, tokens: int, itemsize: int, chunk_size: int, device,
-                 kernel: AttentionKernel = AttentionKernel(), representation_bytes: int = 0) -> None:
+                 kernel: AttentionKernel = AttentionKernel(), representation_bytes: int = 0,
+                 splits: dict[str, int] | None = None) -> None:
     """Stops a scan whose estimate exceeds `device`'s free memory before it starts, saying by how much and which
-    chunk size would fit: the saved layer inputs (`L × rows × T × D`), `chunk_size` ablations' activations
+    chunk size would fit: the saved layer inputs (`saved_input_bytes`), `chunk_size` ablations' activations
     (`ablation_bytes` each) and `representation_bytes` (dataset-level scores). Nothing is checked on devices that
     report no memory statistics (CPU)."""
     free = free_device_bytes(device)
     if free is None:
         return
-    per_ablation = ablation_bytes(config, rows, tokens, itemsize, kernel)
-    fixed = config.num_layers * rows * tokens * config.hidden_size * itemsize + representation_bytes
+    per_ablation = ablation_bytes(config, rows, tokens, itemsize, kernel, splits)
+    fixed = saved_input_bytes(config, rows, tokens, itemsize, splits) + representation_bytes
     need = fixed + chunk_size * per_ablation
     if need <= free:
         return
@@ -252,15 +290,18 @@ def scan_ablations(model: Model, batches: Sequence[PromptBatch], ablations: Inte
     rows = batch_rows if on_data else batch_rows // data
     length = max(batch.ids.shape[1] for batch in batches)
     itemsize, device, kernel = model.module.embed[...].dtype.itemsize, mesh.local_devices[0], model.module.attention_kernel
-    if chunk_size == AUTO_CHUNK:
-        chunk_size = auto_chunk_size(model.config, rows, length, itemsize, device, kernel) * (data if on_data else 1)
     num_prompts = sum(int((b.indices >= 0).sum()) for b in batches)
     representation_bytes = 0
     if keep_gram:
         split = mesh.shape[MODEL] if model.config.hidden_size % mesh.shape[MODEL] == 0 else 1
         representation_bytes = (ablations.q_scale.shape[0] + 1) * num_prompts * model.config.hidden_size * 4 // split
+    layout = layout_for(model.module, mesh)
+    splits = ablation_splits(model.config, dict(layout.rules), layout.sizes)
+    if chunk_size == AUTO_CHUNK:
+        chunk_size = auto_chunk_size(model.config, rows, length, itemsize, device, kernel, splits,
+                                     representation_bytes) * (data if on_data else 1)
     check_memory(model.config, rows, length, itemsize, -(-chunk_size // data) if on_data else chunk_size, device,
-                 kernel, representation_bytes)
+                 kernel, representation_bytes, splits)
     place = place_rows if on_data else replicate
     chunks = [dataclasses.replace(chunk, heads=place(chunk.heads, mesh))
               for chunk in make_chunks(ablations, chunk_size, data if on_data else 1)]

@@ -126,7 +126,10 @@ FLAGS_BEFORE = json.loads((REPO / "tests" / "data" / "flags_46e6e15.json").read_
 FLAGS_ADDED = {**{command: {"sharding": "'tp'"} for command in (
                    "ships", "sahara", "evaluate", "sahara_asr", "utility", "align", "finetune", "guard_train",
                    "judge_train")},
-               "patterns": {"mesh": "''", "sharding": "'tp'"}, "sink": {"mesh": "''", "sharding": "'tp'"}}
+               "patterns": {"mesh": "''", "sharding": "'tp'"}, "sink": {"mesh": "''", "sharding": "'tp'"},
+               "plan": {"sharding": "''", "topology": "''", "slices": "1",
+                        "programs": "'ships,sahara,generate,train,train_lora'", "new_tokens": "64", "train_batch": "8",
+                        "lora_rank": "16"}}
 
 
 def shown_flags(text: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ from jaxheads.models.config import ModelConfig
 from jaxheads.scan import (
     FALLBACK_CHUNK,
     MAX_AUTO_CHUNK,
+    MEMORY_SHARE,
     ablation_bytes,
     auto_chunk_size,
     check_memory,
@@ -184,10 +185,16 @@ def test_chunk_size_follows_free_device_memory():
     cfg = ModelConfig(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
                       num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128, max_position_embeddings=4096)
     per_ablation = ablation_bytes(cfg, rows=16, tokens=32, itemsize=2)
-    assert per_ablation == 16 * 32 * (6 * 4096 + 3 * 11008) * 2 + 2 * 16 * 32 * 32 * 32 * 4 + 3 * 16 * 32000 * 4
-    free = 40 * per_ablation
+    # per token D + 3F in bfloat16, one float32 copy of the dense kernel's logits, the last position's vocabulary
+    assert per_ablation == 16 * 32 * (4096 + 3 * 11008) * 2 + 16 * 32 * 32 * 32 * 4 + 3 * 16 * 32000 * 4
+    split = dict(heads=4, mlp=4, vocab=4, saved_embed=4)  # e.g. tensor parallel over 4
+    assert ablation_bytes(cfg, 16, 32, 2, splits=split) == (16 * 32 * (4096 + 3 * 11008 // 4) * 2
+                                                            + 16 * 8 * 32 * 32 * 4 + 3 * 16 * 8000 * 4)
+    inputs = 32 * 16 * 32 * 4096 * 2  # the saved layer inputs of the batch
+    free = int((inputs + 20 * per_ablation) / MEMORY_SHARE) + 1
     device = FakeDevice({"bytes_limit": 80 * 2**30, "bytes_in_use": 80 * 2**30 - free})
-    assert auto_chunk_size(cfg, 16, 32, 2, device) == 20  # half the free memory
+    assert auto_chunk_size(cfg, 16, 32, 2, device) == 20  # MEMORY_SHARE of the free memory, beside the inputs
+    assert auto_chunk_size(cfg, 16, 32, 2, device, splits=split) > 20 * 3  # a quarter of the activations per device
     assert auto_chunk_size(cfg, 16, 32, 2, FakeDevice({"bytes_limit": 10**15, "bytes_in_use": 0})) == MAX_AUTO_CHUNK
     assert auto_chunk_size(cfg, 16, 32, 2, FakeDevice({"bytes_limit": 100, "bytes_in_use": 99})) == 1
     assert auto_chunk_size(cfg, 16, 32, 2, FakeDevice(None)) == FALLBACK_CHUNK  # CPU: no statistics
