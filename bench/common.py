@@ -9,6 +9,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+import jaxheads.tpu  # noqa: F401  (before any device query: keeps libtpu quiet on a host without a TPU)
+
 ADVBENCH_HELP = "AdvBench's harmful_behaviors CSV (column goal or input), passed by path"
 
 

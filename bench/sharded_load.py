@@ -8,7 +8,7 @@ importing jaxheads and creating the devices and the mesh, `peak_rss`) and its pe
 every device's copy of a parameter lives in host memory, so "placed" (the bytes of every addressable shard of
 every parameter) is part of the peak; the column "over placed" is what loading needed beyond it.
 
-    python bench/sharded_load.py [--layers 8] [--hidden 1024]
+    python bench/sharded_load.py [--layers 8] [--hidden 1024] [--vocab 4096]
 """
 
 from __future__ import annotations
@@ -157,6 +157,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=CONFIG["num_hidden_layers"])
     parser.add_argument("--hidden", type=int, default=CONFIG["hidden_size"])
+    parser.add_argument("--vocab", type=int, default=CONFIG["vocab_size"],
+                        help="vocabulary rows of the untied embedding and LM head (49152: a 432 MB checkpoint)")
     parser.add_argument("--measure", nargs=2, metavar=("DIRECTORY", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -164,7 +166,7 @@ def main():
         return
     from bench.common import machine
 
-    config = {**CONFIG, "num_hidden_layers": args.layers, "hidden_size": args.hidden,
+    config = {**CONFIG, "num_hidden_layers": args.layers, "hidden_size": args.hidden, "vocab_size": args.vocab,
               "intermediate_size": 4 * args.hidden, "num_attention_heads": args.hidden // 64,
               "num_key_value_heads": args.hidden // 128}
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "8"}

@@ -100,36 +100,30 @@ def _operands(line: str, opcode: str) -> list[str]:
     return [a.strip().lstrip("%") for a in m.group(1).split(",") if a.strip()] if m else []
 
 
-def _const_value(instrs: dict, name: str):
-    """Follow copy/bitcast/convert to a scalar integer constant; None if not a constant."""
+def _follow(instrs: dict, name: str, opcode: str, pattern: str):
+    """Follows copy/bitcast/convert from `name` to an `opcode` instruction and returns the integer `pattern` reads
+    from its line; None when the chain ends anywhere else."""
     for _ in range(8):
         if name not in instrs:
             return None
-        shape, op, line = instrs[name]
-        if op == "constant":
-            m = re.search(r"constant\((-?\d+)\)", line)
+        _, op, line = instrs[name]
+        if op == opcode:
+            m = re.search(pattern, line)
             return int(m.group(1)) if m else None
-        if op in ("copy", "bitcast", "convert"):
-            name = _operands(line, op)[0]
-            continue
-        return None
+        if op not in ("copy", "bitcast", "convert"):
+            return None
+        name = _operands(line, op)[0]
     return None
+
+
+def _const_value(instrs: dict, name: str):
+    """The scalar integer constant `name` is (through copies and conversions), or None."""
+    return _follow(instrs, name, "constant", r"constant\((-?\d+)\)")
 
 
 def _gte_index(instrs: dict, name: str):
-    """Follow copy/bitcast/convert to get-tuple-element(param), index=k; returns k or None."""
-    for _ in range(8):
-        if name not in instrs:
-            return None
-        shape, op, line = instrs[name]
-        if op == "get-tuple-element":
-            m = re.search(r"index=(\d+)", line)
-            return int(m.group(1)) if m else None
-        if op in ("copy", "bitcast", "convert"):
-            name = _operands(line, op)[0]
-            continue
-        return None
-    return None
+    """k when `name` is (through copies and conversions) get-tuple-element(param), index=k; else None."""
+    return _follow(instrs, name, "get-tuple-element", r"index=(\d+)")
 
 
 def _trip_count(while_line: str, comps, caller: str) -> tuple[int, bool]:  # noqa: C901 (one parse, in order)

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxheads.errors import JaxheadsError
@@ -66,14 +66,23 @@ def parse_rules(text: str) -> tuple[tuple[str, str], ...]:
 
 def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
     """A `(data, model)` mesh over `devices` (default: every device of every process); -1 for `data` takes the
-    devices the `model` axis leaves."""
+    devices the `model` axis leaves. Over several TPU slices (devices with different `slice_index`) the data axis
+    spans the slices and the model axis stays inside each one."""
     devices = jax.devices() if devices is None else list(devices)
     if model < 1 or len(devices) % model:
         raise JaxheadsError(f"the model axis ({model}) must be at least 1 and divide the {len(devices)} devices")
     data = len(devices) // model if data == -1 else data
     if data < 1 or data * model > len(devices):
         raise JaxheadsError(f"a {data} x {model} mesh needs {data * model} devices; {len(devices)} are visible")
-    return jax.make_mesh((data, model), (DATA, MODEL), (AxisType.Auto, AxisType.Auto), devices=devices[:data * model])
+    devices = devices[:data * model]
+    slices = len({getattr(device, "slice_index", 0) for device in devices})
+    if slices > 1:  # TPU slices joined over the data-center network: only the data axis crosses them
+        if data % slices:
+            raise JaxheadsError(f"the data axis ({data}) must be a multiple of the {slices} TPU slices")
+        grid = mesh_utils.create_hybrid_device_mesh((data // slices, model), (slices, 1), devices=devices,
+                                                    allow_split_physical_axes=True)
+        return Mesh(np.asarray(grid), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
+    return jax.make_mesh((data, model), (DATA, MODEL), (AxisType.Auto, AxisType.Auto), devices=devices)
 
 
 def parse_mesh(text: str) -> Mesh:

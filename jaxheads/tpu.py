@@ -23,9 +23,10 @@ import re
 
 import jax  # importing JAX starts no backend: libtpu reads the variables below when the first device query starts it
 import jax.numpy as jnp
-import numpy as np
-from jax.experimental import mesh_utils, topologies
-from jax.sharding import AxisType, Mesh
+from jax.experimental import topologies
+from jax.sharding import Mesh
+
+from jaxheads.sharding import make_mesh
 
 GOOGLE_PCI_VENDOR = "0x1ae0"
 TPU_PCI_DEVICES = {"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076", "0x0083", "0x007c"}
@@ -134,21 +135,12 @@ def topology(name: str, slices: int = 1) -> Topology:
 
 
 def mesh(topo: Topology, data: int, model: int) -> Mesh:
-    """A `(data, model)` mesh over a topology's chips that follows the torus (`mesh_utils.create_device_mesh`);
-    over several slices the data axis spans them (`create_hybrid_device_mesh`: slice boundaries cut only `data`)."""
+    """A `(data, model)` mesh over a topology's chips that follows the torus, with the data axis spanning the
+    slices (`sharding.make_mesh`, the mesh a run on those chips would build)."""
     if data * model != topo.chips:
         raise ValueError(f"--mesh={data},{model} has {data * model} devices; {topo.name} x {topo.slices} slice(s) "
                          f"has {topo.chips} chips: pass a data x model mesh of {topo.chips}")
-    if topo.slices > 1:
-        if data % topo.slices:
-            raise ValueError(f"the data axis ({data}) must be a multiple of --slices={topo.slices}: slices are "
-                             "data parallel")
-        devices = mesh_utils.create_hybrid_device_mesh((data // topo.slices, model), (topo.slices, 1),
-                                                       devices=list(topo.devices), allow_split_physical_axes=True)
-    else:
-        devices = mesh_utils.create_device_mesh((data, model), devices=list(topo.devices),
-                                                allow_split_physical_axes=True)
-    return Mesh(np.asarray(devices), ("data", "model"), axis_types=(AxisType.Auto, AxisType.Auto))
+    return make_mesh(data, model, devices=topo.devices)
 
 
 _OOM = (re.compile(r"required for HLO temporaries \((?P<need>[0-9.]+)(?P<need_unit>[KMGT]?)\) exceeds available "

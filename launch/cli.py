@@ -187,5 +187,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"jaxheads: unknown command {name!r}\n\n{usage()}")
         sys.exit(2)
     command = COMMANDS[name]
-    common.launch(shown, lambda config: job_function(command)(config), config_module(name), command.doc,
+    common.launch(shown, job_function(command), config_module(name), command.doc,
                   [f"jaxheads {shown}", *rest], inputs=command.inputs, many=command.many)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.plan_table import CONFIGS
+from bench.scaling import CONFIGS
 from jaxheads.configs import plan as plan_config
 from jaxheads.errors import JaxheadsError
 from jaxheads.jobs import plan as plan_job
@@ -43,9 +43,9 @@ def parameter_count(hf: dict, model_axis: int = 1) -> float:
 def test_weights_per_device_follow_the_tensor_parallel_split(config_files, name, model_axis):
     cfg = read_model_config(str(config_files[name]))
     assert weights_per_device(cfg, 2, model_axis) == pytest.approx(2 * parameter_count(CONFIGS[name], model_axis))
-    if model_axis == 1:  # the published sizes: 6.74 B and 70.6 B parameters
-        assert parameter_count(CONFIGS[name]) / 1e9 == pytest.approx({"Llama-2-7B": 6.74, "Llama-3-70B": 70.55}[name],
-                                                                     abs=0.01)
+    if model_axis == 1:  # the published sizes: 6.74 B, 8.03 B, 70.6 B and 405.9 B parameters
+        published = {"Llama-2-7B": 6.74, "Llama-3-8B": 8.03, "Llama-3-70B": 70.55, "Llama-3.1-405B": 405.85}
+        assert parameter_count(CONFIGS[name]) / 1e9 == pytest.approx(published[name], abs=0.01)
 
 
 def test_plan_adds_its_parts_and_the_largest_chunk_is_the_largest_that_fits(config_files):

@@ -28,42 +28,42 @@ PLACEMENT = ("out", "mesh", "sharding", "chunk_size", "fsdp", "save_every", "kee
 DTYPE_NAMES = ("float32", "bfloat16")
 
 
-def require(config, name: str, ok: Callable[[Any], bool], wanted: str) -> None:
-    """Raises an error naming the flag `name` unless `ok(config[name])`."""
-    value = config[name]
-    try:
-        passed = bool(ok(value))
-    except (TypeError, ValueError):
-        passed = False
+def require(config, name: str, passed: bool, wanted: str) -> None:
+    """Raises an error naming the flag `name` and its value unless `passed` (the check of `config[name]`)."""
     if not passed:
-        raise JaxheadsError(f"--{name} must be {wanted}, got {value!r}")
+        raise JaxheadsError(f"--{name} must be {wanted}, got {config[name]!r}")
+
+
+def _is_int(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def require_int(config, *names: str, minimum: int = 1) -> None:
     """Each named setting is an integer of at least `minimum`."""
     for name in names:
-        require(config, name, lambda value: isinstance(value, int) and value >= minimum,
-                f"an integer >= {minimum}")
+        require(config, name, _is_int(config[name], minimum), f"an integer >= {minimum}")
 
 
 def require_choice(config, name: str, choices: Sequence[str]) -> None:
-    require(config, name, lambda value: value in choices, f"one of {', '.join(choices)}")
+    require(config, name, config[name] in choices, f"one of {', '.join(choices)}")
 
 
 def check_epsilon(config) -> None:
     """ua needs 0 < ε < 1 (ε = 0 would make the logits 0, ε = 1 ablates nothing); sc allows ε = 0 (zero
     ablation); mean ignores ε."""
-    low_ok = {"ua": lambda e: e > 0, "sc": lambda e: e >= 0}.get(config.ablation)
-    if low_ok is not None:
-        bound = "0 < epsilon < 1" if config.ablation == "ua" else "0 <= epsilon < 1"
-        require(config, "epsilon", lambda e: math.isfinite(e) and low_ok(e) and e < 1,
-                f"finite with {bound} for --ablation={config.ablation}")
+    if config.ablation not in ("ua", "sc"):
+        return
+    epsilon = config.epsilon
+    low_ok = epsilon > 0 if config.ablation == "ua" else epsilon >= 0
+    bound = "0 < epsilon < 1" if config.ablation == "ua" else "0 <= epsilon < 1"
+    require(config, "epsilon", math.isfinite(epsilon) and low_ok and epsilon < 1,
+            f"finite with {bound} for --ablation={config.ablation}")
 
 
 def check_judge(config) -> None:
     """--judge: keyword, reference, guard (the shipped response judge) or the folder of a `jaxheads judge train` run,
     whose adapter is checked to be a response judge before any work."""
-    require(config, "judge", lambda value: isinstance(value, str) and value.strip(),
+    require(config, "judge", isinstance(config.judge, str) and bool(config.judge.strip()),
             f"one of {', '.join(JUDGES)}, {BUILTIN_JUDGE} or a `jaxheads judge train` folder")
     if is_model_judge(config.judge):
         judge_adapter(config.judge)

@@ -46,10 +46,10 @@ def parse_top_k(text: str) -> list[int]:
 
 
 def check_config(config) -> None:
-    common.require(config, "runs", lambda text: len(parse_runs(text)) >= 2,
+    common.require(config, "runs", len(parse_runs(config.runs)) >= 2,
                    "two or more result files, comma-separated: --runs=a/ships.json,b/ships.json")
     parse_top_k(config.top_k)
-    common.require(config, "out", bool, "an output folder")
+    common.require(config, "out", bool(config.out), "an output folder")
 
 
 def labels(entries: list[tuple[str | None, str]]) -> list[str]:

@@ -36,7 +36,7 @@ def check_config(config) -> None:
     common.require_choice(config, "prompt_format", PROMPT_FORMATS)
     common.require_int(config, "num_samples", "answer_tokens", "eval_problems", "eval_tokens", "eval_batch_size")
     common.require_int(config, "task_seed", "eval_limit", minimum=0)
-    common.require(config, "harmful_ratio", lambda p: 0 <= p <= 1, "in [0, 1]")
+    common.require(config, "harmful_ratio", 0 <= config.harmful_ratio <= 1, "in [0, 1]")
     if config.surgery_pool and config.surgery_paired:
         raise JaxheadsError("--surgery_pool and --surgery_paired exclude each other: paired samples are the attack's "
                             "own prompts")

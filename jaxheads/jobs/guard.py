@@ -43,7 +43,7 @@ def check_classify_config(config) -> None:
     common.check_model_settings(config)
     common.require_int(config, "batch_size")
     common.require_int(config, "limit", minimum=0)
-    common.require(config, "guard", bool, "'builtin' or the folder of a `jaxheads guard train` run")
+    common.require(config, "guard", bool(config.guard), "'builtin' or the folder of a `jaxheads guard train` run")
     if config.tier:
         normalise_label(config.tier, TIERS, "--tier")
 
@@ -65,9 +65,9 @@ def check_train_config(config) -> None:
     common.check_model_settings(config)
     common.require_int(config, "calibration_every", minimum=2)
     common.require_int(config, "eval_batch_size")
-    common.require(config, "risk_recall_target", lambda value: 0 < value <= 1, "in (0, 1]")
-    common.require(config, "false_alarm_target", lambda value: value <= 1, "at most 1 (negative = no bar)")
-    common.require(config, "lora_rank", lambda value: isinstance(value, int) and value >= 1,
+    common.require(config, "risk_recall_target", 0 < config.risk_recall_target <= 1, "in (0, 1]")
+    common.require(config, "false_alarm_target", config.false_alarm_target <= 1, "at most 1 (negative = no bar)")
+    common.require(config, "lora_rank", isinstance(config.lora_rank, int) and config.lora_rank >= 1,
                    "an integer >= 1 (the guard is trained and shipped as a LoRA adapter)")
     for source, tier, _ in [(config.dataset, config.tier or None, None)] + extra_sets(config.extra):
         if tier is not None:
@@ -264,7 +264,7 @@ def check_judge_train_config(config) -> None:
     common.require_int(config, "calibration_every", minimum=2)
     common.require_int(config, "eval_batch_size")
     common.require_int(config, "disagreements", minimum=0)
-    common.require(config, "lora_rank", lambda value: isinstance(value, int) and value >= 1,
+    common.require(config, "lora_rank", isinstance(config.lora_rank, int) and config.lora_rank >= 1,
                    "an integer >= 1 (the judge is trained and shipped as a LoRA adapter)")
     training.train_config(config, 1)
 
@@ -380,7 +380,8 @@ def evaluate_judge(config) -> dict:
     common.check_model_settings(config)
     common.require_int(config, "batch_size")
     common.require_int(config, "limit", "disagreements", minimum=0)
-    common.require(config, "judge", bool, "guard (the shipped judge) or the folder of a `jaxheads judge train` run")
+    common.require(config, "judge", bool(config.judge),
+                   "guard (the shipped judge) or the folder of a `jaxheads judge train` run")
     judges.judge_adapter(config.judge)  # a bad --judge stops before any work
     rows = load_responses(config.dataset, limit=config.limit or None, required=False)
     with io.RunFolder(config.out):

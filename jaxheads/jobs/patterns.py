@@ -92,7 +92,7 @@ def run(config) -> dict:
         measured = {name: last_position_attention(model, data, heads, config.batch_size, mesh)
                     for name, data in sets.items()}
         for name, data in sets.items():
-            common.require(config, "example", lambda index, size=len(data): index < size,
+            common.require(config, "example", config.example < len(data),
                            f"below the number of prompts of each set ({len(data)} in {data.source})")
         output = {
             **common.shape_fields(model), "heads": [list(head) for head in heads],

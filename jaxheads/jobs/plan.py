@@ -59,7 +59,7 @@ def check_config(config) -> None:
     common.require_int(config, "prompts", "tokens", "batch_size", "chunk_size", "slices", "new_tokens", "train_batch",
                        "lora_rank")
     common.require_choice(config, "scan", SCANS)
-    common.require(config, "device_memory", lambda gib: gib >= 0, ">= 0 (GiB; 0 = do not check)")
+    common.require(config, "device_memory", config.device_memory >= 0, ">= 0 (GiB; 0 = do not check)")
     if config.sharding:
         parse_rules(config.sharding)
     if config.topology:
@@ -188,8 +188,8 @@ def run_topology(config, cfg: ModelConfig) -> dict:
     batch = -(-min(config.batch_size, config.prompts) // data) * data
     work = aot.Workload(cfg, layout, rows=batch, tokens=config.tokens, prompts=config.prompts, dtype=config.dtype,
                         new_tokens=config.new_tokens, train_rows=config.train_batch, lora_rank=config.lora_rank)
-    memory = {scan: plan(cfg, data, model, device_bytes=hbm, rules=rules, **{**options, "dataset_level": scan == "sahara"})
-              for scan in SCANS}
+    memory = {scan: plan(cfg, data, model, device_bytes=hbm, rules=rules,
+                         **{**options, "dataset_level": scan == "sahara"}) for scan in SCANS}
     _print_header(config, cfg)
     print(f"compiling for {topo.name} x {topo.slices} slice(s) ({topo.chips} chips, {hbm / GIB:.2f} GiB usable HBM "
           f"per chip), mesh {data} x {model}, sharding {rules}")
@@ -222,7 +222,8 @@ def run_topology(config, cfg: ModelConfig) -> dict:
             "xla_temp_bytes": result.temp_bytes, "estimate_bytes": estimate, "hbm_bytes": result.hbm_bytes,
             "fits": result.fits, "chunk": chunk if result.fits else (0 if program in SCANS else None),
             "flops": flops, "seconds_at_peak": None if flops is None else flops / topo.peak_flops,
-            "compile_seconds": round(result.compile_seconds, 1), **({"tried": tried[program]} if program in tried else {})}
+            "compile_seconds": round(result.compile_seconds, 1),
+            **({"tried": tried[program]} if program in tried else {})}
         rows.append(program)
     batches = math.ceil(config.prompts / batch)
     commands = {name: {"flops": flops, "seconds_at_peak": flops / topo.peak_flops}

@@ -21,8 +21,8 @@ LOG = "sahara.partial.jsonl"
 def check_config(config) -> None:
     common.check_scan_settings(config)
     common.require_int(config, "steps", "rank")
-    common.require(config, "specificity", lambda value: value >= 0, ">= 0")
-    common.require(config, "harmless", lambda value: value or config.specificity == 0,
+    common.require(config, "specificity", config.specificity >= 0, ">= 0")
+    common.require(config, "harmless", config.harmless or config.specificity == 0,
                    "a prompt set when --specificity > 0")
 
 
@@ -46,10 +46,10 @@ def run(config) -> dict:
             sets["harmless"] = common.load_prompt_set(model, config.harmless, config.prompt_format, config.column,
                                                       config.limit)
         cfg = model.config
-        common.require(config, "steps", lambda steps: steps <= cfg.num_layers * cfg.num_heads,
+        common.require(config, "steps", config.steps <= cfg.num_layers * cfg.num_heads,
                        f"at most the model's {cfg.num_layers * cfg.num_heads} heads")
         for prompt_set in sets.values():
-            common.require(config, "rank", lambda rank, size=len(prompt_set): rank <= size,
+            common.require(config, "rank", config.rank <= len(prompt_set),
                            f"at most the number of prompts of each set ({len(prompt_set)} in {prompt_set.source})")
         folder.check(common.fingerprint("sahara", config, {"model": model}, sets, exclude=("steps",)), [LOG])
         log = io.JsonlLog(os.path.join(config.out, LOG))

@@ -28,8 +28,8 @@ def check_config(config) -> None:
     common.check_scan_settings(config)
     common.require_choice(config, "level", LEVELS)
     common.require_int(config, "rank")
-    common.require(config, "specificity", lambda value: value >= 0, ">= 0")
-    common.require(config, "harmless", lambda value: value or config.specificity == 0,
+    common.require(config, "specificity", config.specificity >= 0, ">= 0")
+    common.require(config, "harmless", config.harmless or config.specificity == 0,
                    "a prompt set when --specificity > 0")
 
 
@@ -76,7 +76,7 @@ def run(config) -> dict:
                                                       config.column, config.limit)
         if not query:
             for data in sets.values():
-                common.require(config, "rank", lambda rank, data=data: rank <= len(data),
+                common.require(config, "rank", config.rank <= len(data),
                                f"at most the number of prompts of each set ({len(data)} in {data.source})")
         mesh = common.device_mesh(config)
         folder.check(common.fingerprint("ships", config, {"model": model}, sets), [LOG, HARMLESS_LOG])

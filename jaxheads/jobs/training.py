@@ -22,7 +22,7 @@ def train_config(config, num_examples: int):
     values = {name: config[name] for name in names if name in config}
     values["lora_targets"] = tuple(part.strip() for part in config.lora_targets.split(",") if part.strip())
     common.require_int(config, "steps", minimum=0)
-    common.require(config, "epochs", lambda epochs: epochs > 0, "> 0")
+    common.require(config, "epochs", config.epochs > 0, "> 0")
     return TrainConfig(**values).for_examples(num_examples)
 
 

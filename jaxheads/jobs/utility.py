@@ -63,7 +63,7 @@ def check_config(config) -> None:
     common.check_generation_settings(config)
     common.require_int(config, "random_draws", "problems")
     common.require_int(config, "max_heads", "seed", "problem_seed", minimum=0)
-    common.require(config, "harmless", bool, "a prompt source such as builtin:harmless:heldout")
+    common.require(config, "harmless", bool(config.harmless), "a prompt source such as builtin:harmless:heldout")
 
 
 def evaluate_setting(model, heads, data, examples, problems, config, mesh, judge=None) -> dict:
