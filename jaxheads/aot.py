@@ -38,7 +38,7 @@ from jaxheads.models.config import ModelConfig
 from jaxheads.models.decoder import Decoder
 from jaxheads.placement import model_layout, parameter_shardings
 from jaxheads.scan import MAX_AUTO_CHUNK, SAVED_INPUTS, _store, ablated_pass, base_pass
-from jaxheads.sharding import DATA, RULES, Layout, tree_shardings
+from jaxheads.sharding import DATA, Layout, rules_text, tree_shardings
 from jaxheads.train import lora as lora_lib
 from jaxheads.train.data import Batch
 from jaxheads.train.trainer import TrainConfig, TrainState, make_optimizer, step_function, training_shardings
@@ -178,14 +178,7 @@ def train_config(work: Workload, lora: bool) -> TrainConfig:
     """The training settings of the `train` / `train_lora` programs: the workload's micro-batch, with Surgery."""
     return TrainConfig(batch_size=work.train_rows, max_length=work.tokens, dtype=work.dtype,
                        lora_rank=work.lora_rank if lora else 0, surgery_lambda=0.1, surgery_batch=work.surgery_pairs,
-                       sharding=_rules_text(work.layout))
-
-
-def _rules_text(layout: Layout) -> str:
-    for name, rules in RULES.items():
-        if tuple(rules) == tuple(layout.rules):
-            return name
-    return "tp"
+                       sharding=rules_text(work.layout.rules))
 
 
 def _lower_train(work: Workload, lora: bool):

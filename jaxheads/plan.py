@@ -119,9 +119,11 @@ def plan(cfg: ModelConfig, data: int = 1, model: int = 1, prompts: int = 16, tok
 
 def recommend_rules(cfg: ModelConfig, data: int, model: int, device_bytes: int, **options) -> str:
     """The preset (`RULES`) under which the scan's estimate fits the largest chunk on this mesh (tensor parallel
-    on a tie: it moves the fewest bytes)."""
+    on a tie: it moves the fewest bytes), among those that use every mesh axis: `fsdp` leaves a model axis idle
+    (every model shard would compute the same), and FSDP needs a data axis to split over."""
+    usable = [name for name in RULES if not (name == "fsdp" and model > 1) and not (name != "tp" and data == 1)]
     best, best_chunk = "tp", -1
-    for name in RULES:
+    for name in usable:
         chunk = plan(cfg, data, model, device_bytes=device_bytes, rules=name, **options).largest_chunk or 0
         if chunk > best_chunk:
             best, best_chunk = name, chunk

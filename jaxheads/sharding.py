@@ -3,7 +3,8 @@
 A mesh has two axes, `data` (prompt rows, training rows) and `model`. Parameters and the activations that matter
 name their axes logically (`jaxheads.models.params`: `layers`, `vocab`, `embed`, `heads`, `kv_heads`,
 `head_dim`, `mlp`; activations: `batch`, `length`, `act_embed`, `act_heads`, `act_kv_heads`, `act_vocab`,
-`saved_embed` (the hidden axis of the saved layer inputs of a scan), `chunk` (the ablations of one scan call)).
+`saved_embed` (the hidden axis of the saved layer inputs of a scan)). A scan's chunk of ablations is split over
+`data` by `vmap`'s `spmd_axis_name` when its prompt rows do not fill that axis (`scan.ablated_pass`).
 `RULES` maps each logical axis to `data`, `model`, `model_kv` or nothing (replicated), as MaxText's
 `logical_axis_rules`; the presets are
 
@@ -62,6 +63,16 @@ def parse_rules(text: str) -> tuple[tuple[str, str], ...]:
                                 f"{', '.join(TARGETS)}, e.g. tp+embed=data")
         rules[axis.strip()] = target
     return tuple((axis, target) for axis, target in rules.items() if target != "none")
+
+
+def rules_text(rules: tuple[tuple[str, str], ...]) -> str:
+    """A `--sharding` text that `parse_rules` reads back as `rules`: the preset they are, or `tp` with changes."""
+    for name, preset in RULES.items():
+        if dict(preset) == dict(rules):
+            return name
+    base, wanted = dict(RULES[DEFAULT_RULES]), dict(rules)
+    changes = [f"{axis}={wanted.get(axis, 'none')}" for axis in {**base, **wanted} if base.get(axis) != wanted.get(axis)]
+    return "+".join([DEFAULT_RULES, *changes])
 
 
 def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:

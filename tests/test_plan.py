@@ -11,7 +11,7 @@ from jaxheads.configs import plan as plan_config
 from jaxheads.errors import JaxheadsError
 from jaxheads.jobs import plan as plan_job
 from jaxheads.loading import read_model_config
-from jaxheads.plan import GIB, plan, weights_per_device
+from jaxheads.plan import GIB, plan, recommend_rules, weights_per_device
 from jaxheads.scan import ablation_bytes
 
 
@@ -77,6 +77,17 @@ def test_fsdp_rules_split_the_weights_over_data_and_gather_one_layer(config_file
     D, F, N, K = hf["hidden_size"], hf["intermediate_size"], hf["num_attention_heads"], hf["num_key_value_heads"]
     layer = (2 * N * (D // N) * D + 2 * K * (D // N) * D + 3 * D * F) / 8 + 2 * D
     assert both.gathered == pytest.approx(2 * layer, rel=1e-6) and tp.gathered == 0
+
+
+def test_the_recommended_rules_use_every_mesh_axis(config_files):
+    cfg = read_model_config(str(config_files["Llama-3-70B"]))
+    hbm = int(15.75 * GIB)
+    # 70B on a v5e-64 slice: tensor parallel alone leaves no room, with FSDP it fits
+    assert plan(cfg, 8, 8, prompts=100, tokens=1024, device_bytes=hbm, rules="tp").largest_chunk == 0
+    assert recommend_rules(cfg, 8, 8, hbm, prompts=100, tokens=1024) == "tp_fsdp"
+    # fsdp alone would leave a model axis of 8 computing the same thing 8 times
+    assert recommend_rules(cfg, 32, 8, hbm, prompts=100, tokens=64) != "fsdp"
+    assert recommend_rules(cfg, 1, 8, 80 * GIB, prompts=100, tokens=64) == "tp"  # no data axis to split over
 
 
 def test_plan_command_reads_a_config_and_advises_when_it_does_not_fit(config_files, tmp_path, capsys):

@@ -213,3 +213,11 @@ def test_a_scan_that_does_not_fit_says_by_how_much_and_what_would():
     with pytest.raises(JaxheadsError, match="not even one ablation fits"):
         check_memory(cfg, 16, 32, 2, 1, tight)
     check_memory(cfg, 16, 32, 2, 10**6, FakeDevice(None))  # CPU: no statistics, nothing to check
+
+
+def test_rules_text_reads_back_as_the_same_rules():
+    from jaxheads.sharding import parse_rules, rules_text
+
+    for text in ("tp", "fsdp", "tp_fsdp", "tp+vocab=none", "fsdp+heads=model", "tp+embed=data+mlp=data"):
+        assert dict(parse_rules(rules_text(parse_rules(text)))) == dict(parse_rules(text)), text
+    assert rules_text(parse_rules("tp+embed=data")) == "tp_fsdp"  # the preset those rules are
