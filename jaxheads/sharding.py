@@ -86,14 +86,18 @@ def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
     if data < 1 or data * model > len(devices):
         raise JaxheadsError(f"a {data} x {model} mesh needs {data * model} devices; {len(devices)} are visible")
     devices = devices[:data * model]
+    axis_types = (AxisType.Auto, AxisType.Auto)
     slices = len({getattr(device, "slice_index", 0) for device in devices})
     if slices > 1:  # TPU slices joined over the data-center network: only the data axis crosses them
         if data % slices:
             raise JaxheadsError(f"the data axis ({data}) must be a multiple of the {slices} TPU slices")
         grid = mesh_utils.create_hybrid_device_mesh((data // slices, model), (slices, 1), devices=devices,
                                                     allow_split_physical_axes=True)
-        return Mesh(np.asarray(grid), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
-    return jax.make_mesh((data, model), (DATA, MODEL), (AxisType.Auto, AxisType.Auto), devices=devices)
+        return Mesh(np.asarray(grid), (DATA, MODEL), axis_types=axis_types)
+    if devices[0].platform == "tpu" and len(devices) > 1:  # along the torus, also where an axis splits a physical one
+        grid = mesh_utils.create_device_mesh((data, model), devices=devices, allow_split_physical_axes=True)
+        return Mesh(np.asarray(grid), (DATA, MODEL), axis_types=axis_types)
+    return jax.make_mesh((data, model), (DATA, MODEL), axis_types, devices=devices)
 
 
 def parse_mesh(text: str) -> Mesh:

@@ -124,8 +124,9 @@ FLAGS_BEFORE = json.loads((REPO / "tests" / "data" / "flags_46e6e15.json").read_
 # command -> {flag: shown default} of the flags added since: the sharding rules (docs/scaling.md) on every command
 # that runs on a mesh, and the mesh on the two that had none.
 FLAGS_ADDED = {**{command: {"sharding": "'tp'"} for command in (
-                   "ships", "sahara", "evaluate", "sahara_asr", "utility", "align", "finetune", "guard_train",
-                   "judge_train")},
+                   "ships", "sahara", "evaluate", "sahara_asr", "utility")},
+               **{command: {"sharding": "'tp'", "remat": "true"} for command in (
+                   "align", "finetune", "guard_train", "judge_train")},
                "patterns": {"mesh": "''", "sharding": "'tp'"}, "sink": {"mesh": "''", "sharding": "'tp'"},
                "plan": {"sharding": "''", "topology": "''", "slices": "1",
                         "programs": "'ships,sahara,generate,train,train_lora'", "new_tokens": "64", "train_batch": "8",

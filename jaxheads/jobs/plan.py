@@ -115,10 +115,10 @@ def _print_header(config, cfg: ModelConfig) -> None:
 
 def estimate_bytes(program: str, cfg: ModelConfig, memory: MemoryPlan, work: aot.Workload, chunk: int) -> int:
     """The formula's bytes per chip of a program. The scans: `jaxheads.plan` (calibrated against XLA).
-    Generation: the weights, the KV cache and one pass's activations. Training: float32 parameters, gradients and
-    two moments (the frozen float32 base with LoRA), and what every layer keeps for the backward pass,
-    `25·D·T + 7·(N / model)·T²` bytes per row, measured on XLA's compiles of a 7B LoRA micro-step at 256 and 1024
-    tokens (rough: docs/scaling.md shows it beside XLA's numbers)."""
+    Generation: the weights, the KV cache and one pass's activations. Training (with `remat`, the trainer's
+    default): float32 parameters, accumulated gradients, two moments and the gradients of the step (the frozen
+    float32 base with LoRA), every layer's input kept for the backward pass, one layer's activations while it is
+    recomputed and differentiated (three times a forward pass's), and the float32 logits with their gradients."""
     itemsize = DTYPE_BYTES[work.dtype]
     splits = _splits(cfg, memory)
     fixed = memory.weights + memory.gathered
@@ -135,10 +135,11 @@ def estimate_bytes(program: str, cfg: ModelConfig, memory: MemoryPlan, work: aot
         return count // memory.data if count % memory.data == 0 else count
 
     train_rows = rows(work.train_rows) + 2 * rows(work.surgery_pairs)
-    heads = math.ceil(cfg.num_heads / splits["heads"])
-    kept = cfg.num_layers * train_rows * (25 * cfg.hidden_size * work.tokens + 7 * heads * work.tokens ** 2)
+    inputs = cfg.num_layers * train_rows * work.tokens * cfg.hidden_size * itemsize
+    layer = 3 * ablation_bytes(cfg, train_rows, work.tokens, itemsize, splits=splits)
+    logits = 3 * train_rows * work.tokens * (cfg.vocab_size // splits["vocab"]) * 4
     full = weights_per_device(cfg, 4, memory.model, memory.data, memory.rules)
-    return (4 * full if program == "train" else full) + kept
+    return (5 * full if program == "train" else full) + inputs + layer + logits
 
 
 def _splits(cfg: ModelConfig, memory: MemoryPlan) -> dict[str, int]:

@@ -99,12 +99,14 @@ def _layer_axis_first(heads: Interventions | None) -> Interventions | None:
 
 def run_stacked_layers(layer, params: dict[str, jax.Array], h: jax.Array, heads: Interventions | None,
                        num_layers: int, start: int | jax.Array = 0, cache: KVCache | None = None,
-                       collect_inputs: bool = False, with_sink: bool = False) -> LayerOutputs:
+                       collect_inputs: bool = False, with_sink: bool = False, remat: bool = False) -> LayerOutputs:
     """Runs `layer(p, h, heads, cache) -> (h, cache, sink)` over layers `start..L-1` of the stacked `[L, ...]`
     `params` (and `[L, N]` / `[B, L, N]` `heads`, and the `[L, ...]` cache).
 
     A static `start` of 0 runs one `lax.scan` and can return the updated cache, every layer's input
-    (`collect_inputs`) and the stacked sink columns (`with_sink`); a traced `start` runs a `fori_loop`.
+    (`collect_inputs`) and the stacked sink columns (`with_sink`); a traced `start` runs a `fori_loop`. With
+    `remat` a gradient through the scan recomputes each layer (and, with FSDP, gathers its weights again) instead of
+    keeping its activations: only the hidden state between layers is saved.
     """
     heads = _layer_axis_first(heads)
 
@@ -115,7 +117,8 @@ def run_stacked_layers(layer, params: dict[str, jax.Array], h: jax.Array, heads:
 
     if isinstance(start, int) and start == 0:
         layer_cache = None if cache is None else (cache.k, cache.v)
-        h, (new_cache, inputs, sink) = jax.lax.scan(body, h, (params, heads, layer_cache))
+        scanned = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable) if remat else body
+        h, (new_cache, inputs, sink) = jax.lax.scan(scanned, h, (params, heads, layer_cache))
         return LayerOutputs(h, None if cache is None else KVCache(*new_cache), inputs, sink)
     if cache is not None or collect_inputs or with_sink:
         raise ValueError("a cache, collected inputs or sink attention need start=0")
@@ -143,6 +146,7 @@ class Decoder(nnx.Module):
         # static (part of the graph definition): assigning another kernel or layout makes jitted functions recompile
         self.attention_kernel = AttentionKernel()
         self.layout: Layout | None = None
+        self.remat = False  # training: recompute each layer in the backward pass (`run_stacked_layers`)
 
     @staticmethod
     def shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -217,7 +221,7 @@ class Decoder(nnx.Module):
         """
         layer = self.layer_function(positions, mask, h.dtype, cache_index, sink_index)
         return run_stacked_layers(layer, self.scanned_params(), h, heads, self.config.num_layers, start, cache,
-                                  collect_inputs, sink_index is not None)
+                                  collect_inputs, sink_index is not None, self.remat)
 
     def final_hidden(self, h: jax.Array) -> jax.Array:
         """The final-norm output (input of the LM head) `[..., D]`."""

@@ -73,6 +73,7 @@ class TrainConfig:
     dtype: str = "float32"  # compute dtype; parameters and optimizer state stay float32
     fsdp: bool = False  # on a mesh: also split each parameter's hidden axis over `data` (the tp_fsdp rules)
     sharding: str = "tp"  # on a mesh: the sharding rules (jaxheads.sharding.RULES); fsdp=True makes tp tp_fsdp
+    remat: bool = True  # recompute each layer in the backward pass instead of keeping its activations
     seed: int = 0
     save_every: int = 50
     keep_checkpoints: int = 2
@@ -176,9 +177,9 @@ def effective_weights(params, frozen: dict, lora: lora_lib.LoraConfig | None) ->
 
 
 def _loss(params, frozen, batch: Batch, pairs: tuple[Batch, Batch] | None, *, model_config: ModelConfig,
-          lora, dtype, surgery_lambda: float, layout: Layout | None = None):
+          lora, dtype, surgery_lambda: float, layout: Layout | None = None, remat: bool = False):
     """CE on response tokens, plus λ · mean ReLU(d) of the sink divergence on `pairs` when given."""
-    module = module_from_arrays(model_config, effective_weights(params, frozen, lora), dtype, layout)
+    module = module_from_arrays(model_config, effective_weights(params, frozen, lora), dtype, layout, remat)
     ce = response_cross_entropy(module(batch.ids, batch.mask), batch.ids, batch.response)
     metrics = {"ce": ce}
     loss = ce
@@ -193,7 +194,7 @@ def _loss(params, frozen, batch: Batch, pairs: tuple[Batch, Batch] | None, *, mo
 
 
 # TrainConfig fields that only place the work or decide when to save: a run may resume with other values.
-PLACEMENT_FIELDS = ("fsdp", "sharding", "save_every", "keep_checkpoints")
+PLACEMENT_FIELDS = ("fsdp", "sharding", "remat", "save_every", "keep_checkpoints")
 
 
 def run_fingerprint(model: Model, examples: Sequence[Example], pairs: PairSet | None, config: TrainConfig) -> dict:
@@ -273,7 +274,7 @@ def step_function(model_config: ModelConfig, config: TrainConfig, optimizer: opt
     penalty when `pair_batches` are given), its gradient, and the optimizer update (jit it; `jaxheads.aot`
     compiles it ahead of time)."""
     loss_fn = functools.partial(_loss, model_config=model_config, lora=config.lora, dtype=DTYPES[config.dtype],
-                                surgery_lambda=config.surgery_lambda, layout=layout)
+                                surgery_lambda=config.surgery_lambda, layout=layout, remat=config.remat)
 
     def train_step(state: TrainState, frozen, batch, pair_batches):
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frozen, batch, pair_batches)

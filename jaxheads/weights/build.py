@@ -76,11 +76,19 @@ def _missing_weights(cfg: ModelConfig, filled: dict[str, set[int | None]]) -> li
 
 
 def module_from_arrays(cfg: ModelConfig, arrays: dict[str, Any], dtype=jnp.float32,
-                       layout: Layout | None = None) -> Decoder:
+                       layout: Layout | None = None, remat: bool = False) -> Decoder:
     """An NNX module whose parameters are `arrays` (jaxheads names and layouts), without random init, holding
-    `layout` (None: one device)."""
+    `layout` (None: one device) and `remat` (`Decoder.remat`). Under `jit` with a layout, each parameter is
+    constrained to its layout once cast to `dtype`, so the cast copy (and its gradient, in training) stays split as
+    the parameter is."""
     names = param_table.shapes(cfg)
-    return _module_with(cfg, {name: jnp.asarray(arrays[name], dtype) for name in names}, dtype, layout)
+    params = {name: jnp.asarray(arrays[name], dtype) for name in names}
+    if layout is not None:
+        axes = param_table.logical_axes(cfg)
+        params = {name: layout.constrain(value, axes[name]) for name, value in params.items()}
+    module = _module_with(cfg, params, dtype, layout)
+    module.remat = remat
+    return module
 
 
 def _module_with(cfg: ModelConfig, params: dict[str, jax.Array], dtype, layout: Layout | None = None) -> Decoder:
