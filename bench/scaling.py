@@ -1,6 +1,6 @@
 """XLA's own numbers for pod-scale runs, compiled ahead of time on this host (no TPU, no weights): `jaxheads plan
 --topology` for Llama-2-7B, Llama-3-8B, Llama-3-70B and Llama-3.1-405B configs (config.json files written here) on
-v5e-8, v5e-64, v5e-256, v5p-64 and v5p-128 slices, 100 prompts of 64 and 1024 tokens in batches of 16, bfloat16,
+the v5e-8, v5e-64, v5e-256, v5p-64 and v5p-128 slices their weights fit, 100 prompts of 64 and 1024 tokens in batches of 16, bfloat16,
 with the sharding rules plan recommends. Per row: each program's XLA peak per chip beside the formula's estimate,
 whether it fits, the largest chunk, and the seconds at the chips' peak FLOP rate of a full query-level Ships scan
 and of a 3-step Sahara search.
@@ -19,6 +19,7 @@ import importlib.metadata
 import json
 import pathlib
 import platform
+import subprocess
 import sys
 import tempfile
 
@@ -46,8 +47,7 @@ CONFIGS = {
 }
 # (model, slice name, topology, mesh): each model on the slices its weights fit in bfloat16
 ROWS = [
-    ("Llama-2-7B", "v5e-8", "v5e:2x4", "1,8"), ("Llama-2-7B", "v5e-64", "v5e:8x8", "8,8"),
-    ("Llama-3-8B", "v5e-8", "v5e:2x4", "1,8"), ("Llama-3-8B", "v5e-64", "v5e:8x8", "8,8"),
+    ("Llama-2-7B", "v5e-8", "v5e:2x4", "1,8"), ("Llama-3-8B", "v5e-8", "v5e:2x4", "1,8"),
     ("Llama-3-70B", "v5e-64", "v5e:8x8", "8,8"), ("Llama-3-70B", "v5e-256", "v5e:16x16", "32,8"),
     ("Llama-3-70B", "v5p-64", "v5p:4x4x4", "8,8"),
     ("Llama-3.1-405B", "v5e-256", "v5e:16x16", "16,16"), ("Llama-3.1-405B", "v5p-128", "v5p:4x4x8", "16,8"),
@@ -57,7 +57,14 @@ GIB = 2 ** 30
 
 
 def versions() -> dict:
-    return {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "libtpu")}
+    """The versions a row's numbers depend on: jax, jaxlib, libtpu and the jaxheads commit (with `+changes` when
+    the work tree differs from it), so a rerun after a change recompiles instead of reusing old rows."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "jaxheads", "launch", "configs"], cwd=root,
+                           capture_output=True, text=True).stdout.strip()
+    return {**{name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "libtpu")},
+            "jaxheads": commit.strip() + ("+changes" if dirty else "")}
 
 
 def row_key(model: str, topology: str, mesh: str, tokens: int) -> dict:
