@@ -57,14 +57,18 @@ GIB = 2 ** 30
 
 
 def versions() -> dict:
-    """The versions a row's numbers depend on: jax, jaxlib, libtpu and the jaxheads commit (with `+changes` when
-    the work tree differs from it), so a rerun after a change recompiles instead of reusing old rows."""
+    """What a row's numbers depend on besides its settings: jax, jaxlib, libtpu and the code (the git tree hashes
+    of jaxheads/, launch/ and configs/, with `+changes` when the work tree differs), so that a rerun after a code
+    change compiles again instead of reusing old rows."""
     root = pathlib.Path(__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "jaxheads", "launch", "configs"], cwd=root,
-                           capture_output=True, text=True).stdout.strip()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+
+    trees = "-".join(git("rev-parse", "--short", f"HEAD:{folder}") for folder in ("jaxheads", "launch", "configs"))
+    dirty = git("status", "--porcelain", "--", "jaxheads", "launch", "configs")
     return {**{name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "libtpu")},
-            "jaxheads": commit.strip() + ("+changes" if dirty else "")}
+            "code": trees + ("+changes" if dirty else "")}
 
 
 def row_key(model: str, topology: str, mesh: str, tokens: int) -> dict:
@@ -147,6 +151,7 @@ def calibration(out: pathlib.Path) -> None:
         with out.open("a") as file:
             file.write(json.dumps(record) + "\n")
         done.append(record)
+    done = [record for record in done if all(record["key"].get(k) == v for k, v in versions().items())]
     print("| model | slice | mesh, rules | tokens | program | XLA peak | estimate | estimate / XLA |")
     print("|---|---|---|---|---|---|---|---|")
     for record in done:
@@ -185,7 +190,9 @@ def main():
     order = {(model, topology): i for i, (model, _, topology, _) in enumerate(ROWS)}
     done.sort(key=lambda r: (order.get((r["key"]["model"], r["key"]["topology"]), 99), r["key"]["tokens"]))
     print("XLA peak per chip / formula estimate, GiB (✓ fits the usable HBM: 15.75 GiB on v5e, 95.74 on v5p)")
-    print(table([record for record in done if record["key"]["model"].find(args.only) >= 0]))
+    current = versions()
+    print(table([record for record in done if args.only in record["key"]["model"]
+                 and all(record["key"].get(k) == v for k, v in current.items())]))
 
 
 if __name__ == "__main__":
