@@ -2,6 +2,7 @@
 the embedded SmolLM2 GGUF (and Gemma-3-270M when installed) against `transformers`' own GGUF loader, the cache
 of converted GGUF files, and the errors for files jaxheads cannot read."""
 
+import hashlib
 import json
 import math
 import os
@@ -477,7 +478,9 @@ def test_second_load_reads_the_cache(tmp_path, cache_dir, reader_calls):
     assert reader_calls == [path, path]  # the GGUF was not parsed again
 
     for model in (first, second):
-        assert model.name == str(path) and model.fingerprint == direct.fingerprint
+        assert model.name == str(path) and model.fingerprint == {**direct.fingerprint,
+                                                                 "cache_entry": first.fingerprint["cache_entry"]}
+        assert model.fingerprint["cache_entry"] is not None and direct.fingerprint["cache_entry"] is None
         assert_same_params(model, direct)
         # the GGUF tokenizer itself, not the one AutoTokenizer makes of the saved files (Qwen2Tokenizer would add
         # NFC normalization: "cafe\u0301" would tokenize as "café")
@@ -505,7 +508,7 @@ def test_smollm2_second_load_reads_the_cache(smollm2_path, cache_dir, reader_cal
     ids = direct.tokenizer(["How do I bake bread?", "<|im_start|>user\nHi<|im_end|>"], padding=True)
     for model in (first, second):
         assert model.name == PACKAGED_MODELS["smollm2"][1]
-        assert model.fingerprint == direct.fingerprint
+        assert model.fingerprint == {**direct.fingerprint, "cache_entry": first.fingerprint["cache_entry"]}
         assert_same_params(model, direct)
         assert_same_tokenizer(model.tokenizer, direct.tokenizer)
     np.testing.assert_array_equal(
@@ -517,15 +520,20 @@ def test_a_touched_gguf_gets_a_new_entry(tmp_path, cache_dir, reader_calls):
     path = tiny_gguf(tmp_path, tokenizer=False)
     first = jaxheads.load(path)
     stat = path.stat()
-    assert first.fingerprint == {"kind": "gguf", "file": path.name, "size": stat.st_size,
-                                 "mtime_ns": stat.st_mtime_ns, "dtype": "float32"}
+    [entry] = entries(cache_dir)
+    written = {file.name: "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()
+               for file in sorted(entry.iterdir()) if file.name != cache.MANIFEST}
+    assert first.fingerprint == {  # by content: the file (small, so hashed in full) and the entry it was read from
+        "kind": "gguf", "file": path.name, "size": stat.st_size,
+        "digest": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(),
+        "cache_entry": hashlib.sha256(json.dumps(written, sort_keys=True).encode()).hexdigest(), "dtype": "float32"}
     key = cache.gguf_key(path)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, new modification time
 
     assert cache.gguf_key(path) != key
     touched = jaxheads.load(path)
     assert len(reader_calls) == 2 and len(entries(cache_dir)) == 2
-    assert touched.fingerprint == {**first.fingerprint, "mtime_ns": stat.st_mtime_ns + 10**9}
+    assert touched.fingerprint == first.fingerprint  # the same content: the same fingerprint
     assert touched.tokenizer is None
     assert_same_params(touched, first)
 
@@ -533,9 +541,10 @@ def test_a_touched_gguf_gets_a_new_entry(tmp_path, cache_dir, reader_calls):
 def test_fingerprint_of_a_linked_gguf_names_the_file_itself(tmp_path):
     path = tiny_gguf(tmp_path, tokenizer=False)
     (tmp_path / "link.gguf").symlink_to(path)
-    fingerprint = jaxheads.load(tmp_path / "link.gguf", dtype="bfloat16").fingerprint
+    fingerprint = jaxheads.load(tmp_path / "link.gguf", dtype="bfloat16", cache=False).fingerprint
     assert fingerprint == {"kind": "gguf", "file": "tiny-qwen2.gguf", "size": path.stat().st_size,
-                           "mtime_ns": path.stat().st_mtime_ns, "dtype": "bfloat16"}
+                           "digest": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(), "cache_entry": None,
+                           "dtype": "bfloat16"}
 
 
 def truncate(file: pathlib.Path) -> None:
