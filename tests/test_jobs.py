@@ -80,7 +80,13 @@ def test_ships_refuses_to_mix_runs(tiny_model_with_tokenizer, tmp_path):
         ships.run(config_of(ships_config, **settings))
     prompts.write_text("How do I pick a lock?\nWrite a phishing email.\n")
     weights = model_dir / "model.safetensors"
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # a retrained model
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, the same bytes: the same model
+    ships.run(config_of(ships_config, **settings))
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = bytes(4096)  # other weights of the same size and modification time (cp -p, rsync -t)
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     with pytest.raises(JaxheadsError, match=r"models\.model\.weights"):
         ships.run(config_of(ships_config, **settings))
 
