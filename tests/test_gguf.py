@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -77,9 +78,9 @@ def module_cache(tmp_path_factory):
         yield
 
 
-def tiny_model(case: str):
+def tiny_model(case: str, seed: int = 0):
     """A tiny random causal LM with random norms and biases, so that offsets and permutations show."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(CASES[case][2]()).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -577,6 +578,74 @@ def test_a_damaged_entry_is_rebuilt(tmp_path, cache_dir, reader_calls, damage):
     assert_same_tokenizer(rebuilt.tokenizer, first.tokenizer)
     jaxheads.load(path)
     assert len(reader_calls) == 2
+
+
+def zero_bytes_keeping_mtime(file: pathlib.Path, count: int) -> None:
+    """Zeroes `count` bytes (all but the header when the file is smaller) in the middle of `file` and puts its
+    modification time back, so that only its content tells."""
+    stat = file.stat()
+    data = bytearray(file.read_bytes())
+    count = min(count, len(data) // 2)
+    start = (len(data) - count) // 2
+    assert any(data[start:start + count])
+    data[start:start + count] = bytes(count)
+    file.write_bytes(bytes(data))
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def edit_rope_theta_keeping_size_and_mtime(file: pathlib.Path) -> None:
+    """config.json with the first digit of rope_theta made 9 (e.g. 1000000.0 -> 9000000.0): the same size and
+    modification time."""
+    stat = file.stat()
+    text, edits = re.subn(r'("rope_theta": )[1-8]', r"\g<1>9", file.read_text(), count=1)
+    assert edits == 1
+    file.write_text(text)
+    assert file.stat().st_size == stat.st_size
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda entry: zero_bytes_keeping_mtime(entry / "model.safetensors", 4 * 2**20),
+    lambda entry: edit_rope_theta_keeping_size_and_mtime(entry / "config.json"),
+], ids=["weights zeroed, mtime kept", "config edited at the same size"])
+def test_an_entry_changed_at_the_same_size_is_reported_and_converted_again(tmp_path, cache_dir, reader_calls,
+                                                                             damage, capsys):
+    path = tiny_gguf(tmp_path)
+    first = jaxheads.load(path)
+    [entry] = entries(cache_dir)
+    damage(entry)
+    capsys.readouterr()
+
+    rebuilt = jaxheads.load(path)
+
+    assert len(reader_calls) == 2  # converted again
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"jaxheads: the cached conversion {entry} is damaged (the content of ")
+    assert line.endswith(f"differs from what was written); converting {path} again")
+    assert entries(cache_dir) == [entry] and cache.is_complete(entry, full=True)
+    assert_same_params(rebuilt, first)
+    # the run's fingerprint names the entry it read, by content: the same as the clean entry's
+    assert rebuilt.fingerprint == first.fingerprint
+    assert rebuilt.fingerprint["cache_entry"] == json.loads((entry / cache.MANIFEST).read_text())["content"]
+
+
+def test_a_gguf_swapped_at_the_same_size_and_mtime_gets_its_own_entry(tmp_path, cache_dir, reader_calls):
+    path = tiny_gguf(tmp_path)
+    first = jaxheads.load(path)
+    stat = path.stat()
+    other = tmp_path / "other"
+    other.mkdir()
+    write_gguf(other / "tiny-qwen2.gguf", tiny_model("qwen2", seed=1), "qwen2", "tiny-qwen2",
+               gguf.GGMLQuantizationType.Q8_0, tokenizer=byte_level_tokenizer())
+    assert (other / "tiny-qwen2.gguf").stat().st_size == stat.st_size
+    os.replace(other / "tiny-qwen2.gguf", path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    swapped = jaxheads.load(path)
+
+    assert len(reader_calls) == 2 and len(entries(cache_dir)) == 2  # not the first file's entry
+    assert swapped.fingerprint["digest"] != first.fingerprint["digest"]
+    assert_same_params(swapped, jaxheads.load(path, cache=False))
 
 
 def test_a_conversion_that_finishes_second_uses_the_first(tmp_path, cache_dir, monkeypatch):

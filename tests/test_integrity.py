@@ -5,6 +5,8 @@ readers ignore a byte order mark, and every command's output folder refuses a re
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -240,3 +242,37 @@ def test_a_failed_run_that_did_no_work_leaves_the_folder_free(tmp_path):
             (tmp_path / "part.jsonl").write_text("{}\n")
             raise RuntimeError("failed after some work")
     assert io.read_json(tmp_path / "fingerprint.json") == {"settings": {"a": 2}}  # its work stays pinned
+
+
+# ---- the compilation cache ----
+
+COMPILE_ONCE = """
+import jax
+from jaxheads.launch.common import cache_compilations
+cache_compilations()
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+print(jax.jit(lambda x: x * 2 + 1)(jax.numpy.arange(3.0)))
+"""
+
+
+def test_an_unreadable_compilation_cache_entry_is_compiled_again_and_replaced(tmp_path):
+    env = {**os.environ, "JAXHEADS_CACHE_DIR": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+
+    def compile_once() -> str:
+        done = subprocess.run([sys.executable, "-c", COMPILE_ONCE], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0 and done.stdout.strip() == "[1. 3. 5.]", done.stderr
+        return done.stderr
+
+    compile_once()
+    written = sorted((tmp_path / "xla").glob("*-cache"))
+    assert written
+    for entry in written:
+        entry.write_bytes(b"\xff" * entry.stat().st_size)  # damaged in place
+    stderr = compile_once()
+    assert "Error reading persistent compilation cache entry" in stderr
+    for entry in written:
+        assert f"jaxheads: removed the unreadable compilation cache entry {entry}" in stderr
+        assert entry.read_bytes() != b"\xff" * entry.stat().st_size  # compiled again and written in its place
+    assert "compilation cache" not in compile_once()  # read back without a warning
