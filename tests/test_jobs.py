@@ -168,7 +168,9 @@ def test_sahara_refuses_the_steps_of_a_retrained_model_at_the_same_path(tiny_mod
     settings = dict(model=str(model_dir), limit=3, batch_size=3, out=str(tmp_path / "out"))
     sahara.run(config_of(sahara_config, **settings, steps=1))
     weights = model_dir / "model.safetensors"
-    weights.write_bytes(weights.read_bytes())  # rewritten in place, as a retraining run would
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = bytes(4096)
+    weights.write_bytes(bytes(data))  # rewritten in place with other weights, as a retraining run would
     with pytest.raises(JaxheadsError, match=r"models\.model\.weights"):
         sahara.run(config_of(sahara_config, **settings, steps=2))
 

@@ -38,6 +38,13 @@ from jaxheads.models.config import config_from_hf
 from jaxheads.weights.digest import file_digest
 from jaxheads.weights.gguf import GGUFTensors, make_tokenizer, read_gguf
 
+try:  # where JAX reads its persistent compilation cache (`heal_compilation_cache`); private, so it may move
+    from jax._src import compilation_cache as _compilation_cache
+    from jax._src import compiler as _compiler
+    _JAX_COMPILATION_CACHE = (_compilation_cache, _compiler)
+except ImportError:
+    _JAX_COMPILATION_CACHE = (None, None)
+
 FORMAT_VERSION = 2  # bump when what an entry holds, or how it is converted, changes
 CACHE_DIR_ENV = "JAXHEADS_CACHE_DIR"
 NO_CACHE_ENV = "JAXHEADS_NO_CACHE"
@@ -230,9 +237,8 @@ def heal_compilation_cache(directory: pathlib.Path) -> bool:
     an entry and compiles again, but never overwrites an existing entry, so a damaged one would be warned about on
     every run. Here an entry that fails to load is removed (said in one line on stderr) before JAX compiles, so
     the fresh compilation is written in its place. Returns False where this JAX has no such hook (nothing done)."""
-    try:
-        from jax._src import compilation_cache, compiler
-    except ImportError:
+    compilation_cache, compiler = _JAX_COMPILATION_CACHE
+    if compilation_cache is None:
         return False
     read = getattr(compilation_cache, "get_executable_and_time", None)
     if read is None or getattr(compiler, "compilation_cache", None) is not compilation_cache:
