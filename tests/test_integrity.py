@@ -22,7 +22,6 @@ from jaxheads.configs import utility as utility_config
 from jaxheads.data.loaders import load_prompt_rows
 from jaxheads.errors import DataError, JaxheadsError
 from jaxheads.jobs import common, compare, evaluate, patterns, sahara_asr, ships, utility
-from jaxheads.weights import digest
 
 LOG = "ships.partial.jsonl"
 
@@ -111,6 +110,8 @@ def test_the_model_path_is_normalised_and_verify_weights_adds_a_full_hash(scanne
 
 
 def test_sampled_digest_sees_4_mb_zeroed_in_a_large_file_and_the_full_hash_sees_one_byte(tmp_path):
+    from jaxheads.weights import digest
+
     path = tmp_path / "model.safetensors"
     header = json.dumps({"w": {"dtype": "F32", "shape": [16 * 2**20], "data_offsets": [0, 64 * 2**20]}}).encode()
     rng = np.random.default_rng(0)
@@ -159,7 +160,7 @@ def head_files(scanned, tmp_path_factory):
     root, _ = scanned
     folder = tmp_path_factory.mktemp("heads")
     result = io.read_json(root / "full" / "ships.json")
-    fields = {key: result[key] for key in ("model", "model_fingerprint", "num_layers", "num_heads")}
+    fields = {key: result[key] for key in ("model", "model_fingerprint", "num_layers", "num_heads") if key in result}
     files = {"ships": root / "full" / "ships.json", "sahara": folder / "sahara.json",
              "dataset": folder / "dataset_ships.json"}
     io.atomic_write_json(files["sahara"], {**fields, "heads": [[2, 1], [0, 3]]})
@@ -185,13 +186,16 @@ def test_a_head_file_of_another_model_is_a_clear_error(head_files, other_models,
 
 
 def test_head_files_that_hold_the_wrong_kind_of_heads_are_clear_errors(scanned, head_files, tmp_path):
-    model = jaxheads.load(scanned[0] / "model")
-    with pytest.raises(DataError, match="is a ships.json .* no list of \\[layer, head\\] pairs"):
-        common.read_head_file(str(head_files["ships"]), "ablate_from", model, need="heads")
-    with pytest.raises(DataError, match=r"holds no query-level scores .*\(its level is dataset\)"):
-        common.read_head_file(str(head_files["dataset"]), "top_k_from", model, need="query")
-    with pytest.raises(DataError, match="holds no query-level scores"):
-        common.read_head_file(str(head_files["sahara"]), "top_k_from", model, need="query")
+    model = str(scanned[0] / "model")
+    with pytest.raises(DataError, match="--ablate_from=.* is a ships.json .* no list of \\[layer, head\\] pairs"):
+        evaluate.run(config_of(evaluate_config, model=model, ablate_from=str(head_files["ships"]),
+                               out=str(tmp_path / "a")))
+    with pytest.raises(DataError, match=r"--top_k_from=.* holds no query-level scores .*\(its level is dataset\)"):
+        evaluate.run(config_of(evaluate_config, model=model, top_k_from=str(head_files["dataset"]),
+                               out=str(tmp_path / "b")))
+    with pytest.raises(DataError, match="--top_k_from=.* holds no query-level scores"):
+        sahara_asr.run(config_of(sahara_asr_config, model=model, top_k_from=str(head_files["sahara"]),
+                                 out=str(tmp_path / "c")))
     # the same files at another spelling of the path, in another dtype: the same model
     same = jaxheads.load(f"{scanned[0] / 'model'}/", dtype="bfloat16")
     assert common.read_head_file(str(head_files["ships"]), "top_k_from", same, need="query")["level"] == "query"
