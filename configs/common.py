@@ -25,6 +25,8 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "model": ("", "Model: a Hugging Face folder, a .gguf file, a hub id (owner/name) or a packaged name (smollm2, "
                   "gemma3-270m); empty = the embedded SmolLM2-135M-Instruct."),
     "dtype": ("float32", "Parameter and activation dtype: float32 or bfloat16."),
+    "verify_weights": (False, "Hash the model's weight files in full (not only their headers and sampled blocks) "
+                              "into the run's fingerprint, and check a GGUF's cache entry against its full hashes."),
     "dataset": ("builtin:harmful", "Prompts: a built-in set (builtin:harmful, builtin:harmless, builtin:lookalike, "
                                    "builtin:harmless_check; optionally :train or :heldout), a .csv/.json/.jsonl/.txt "
                                    "file, or a datasets hub id (needs jaxheads[hub])."),
@@ -90,7 +92,7 @@ TRAIN_HELP = {
 NOT_FLAGS = ("dtype",)  # TrainConfig fields that are not trainer flags (the model's --dtype is the compute dtype)
 
 # Groups of shared fields, in the order the commands list them.
-MODEL = ("model", "dtype")
+MODEL = ("model", "dtype", "verify_weights")
 PROMPTS = ("dataset", "column", "limit", "prompt_format")
 ABLATION = ("ablation", "epsilon")
 SPECIFICITY = ("harmless", "specificity")

@@ -5,7 +5,7 @@ a cosine schedule, batch 8. `--config=finetune_authors` has the authors' optimiz
 from jaxheads.configs import common
 
 get_config, HELP = common.command(
-    ("model", "base_model", "dtype", "prompt_format", "num_samples", "harmful_ratio", "harmful", "surgery_pool",
+    ("model", "base_model", "dtype", "verify_weights", "prompt_format", "num_samples", "harmful_ratio", "harmful", "surgery_pool",
      "surgery_paired", "answer_tokens", "answers_cache", "task_seed", "eval_problems", "eval_harmful", "eval_limit")
     + common.EVALUATION + common.TRAIN,
     defaults={

@@ -70,7 +70,7 @@ def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 150) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON value stored in `path`."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a byte order mark is not part of the JSON
             return json.load(handle)
     except FileNotFoundError as error:
         raise DataError(f"{path} does not exist; check the path or run the step that writes it") from error
@@ -141,12 +141,21 @@ def content_hash(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# Fingerprint entries that one run may record and another not (a full hash of the weights, taken only with
+# --verify_weights; the GGUF cache entry a model was read from, absent when it was read without the cache): they
+# are compared only when both fingerprints have them.
+OPTIONAL_KEYS = ("verified", "cache_entry")
+
+
 def fingerprint_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """The differences between two fingerprints, one `key: old -> new` line per changed entry (dotted keys)."""
+    """The differences between two fingerprints, one `key: old -> new` line per changed entry (dotted keys); an
+    `OPTIONAL_KEYS` entry absent from either side is no difference."""
     if isinstance(old, dict) and isinstance(new, dict):
         changes = []
         for key in sorted(set(old) | set(new), key=str):
             name = f"{prefix}.{key}" if prefix else str(key)
+            if key in OPTIONAL_KEYS and (key not in old or key not in new or old[key] is None or new[key] is None):
+                continue
             if key not in old:
                 changes.append(f"{name}: (absent) -> {_short(new[key])}")
             elif key not in new:
@@ -155,6 +164,24 @@ def fingerprint_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
                 changes.extend(fingerprint_changes(old[key], new[key], name))
         return changes
     return [] if old == new else [f"{prefix or 'value'}: {_short(old)} -> {_short(new)}"]
+
+
+def without_optional(fingerprint: Any) -> Any:
+    """A fingerprint without its `OPTIONAL_KEYS` entries (at any depth): what a cache key may hash."""
+    if isinstance(fingerprint, dict):
+        return {key: without_optional(value) for key, value in fingerprint.items() if key not in OPTIONAL_KEYS}
+    return fingerprint
+
+
+def _merged(recorded: Any, new: Any) -> Any:
+    """`recorded` with the `OPTIONAL_KEYS` entries only `new` has added (at any depth)."""
+    if not (isinstance(recorded, dict) and isinstance(new, dict)):
+        return recorded
+    merged = {key: _merged(value, new.get(key)) for key, value in recorded.items()}
+    for key in OPTIONAL_KEYS:
+        if new.get(key) is not None and recorded.get(key) is None:
+            merged[key] = new[key]
+    return merged
 
 
 def _short(value: Any) -> str:
@@ -169,6 +196,8 @@ class RunFolder:
 
     Use as a context manager: `with RunFolder(out) as folder: folder.check(fingerprint, ["x.partial.jsonl"])`.
     In a multi-host run only process 0 takes the lock and writes the fingerprint; every process compares it.
+    A run that recorded the fingerprint and then failed before writing anything else into the folder takes the
+    fingerprint back out, so the folder stays free for a run with other settings.
     """
 
     FINGERPRINT = "fingerprint.json"
@@ -177,6 +206,7 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         self._lock = None
+        self._recorded = False
 
     def __enter__(self) -> "RunFolder":
         if os.path.exists(self.path) and not os.path.isdir(self.path):
@@ -203,7 +233,11 @@ class RunFolder:
         self._lock.flush()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if exc_type is not None and self._recorded and is_writer():
+            if set(os.listdir(self.path)) <= {self.FINGERPRINT, self.LOCK}:  # nothing else written: no work done
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(self.path, self.FINGERPRINT))
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
@@ -221,12 +255,16 @@ class RunFolder:
             if changes:
                 raise DataError(f"{self.path} holds the results of another run; what differs (recorded -> now): "
                                 f"{'; '.join(changes)}. Use another --out, or delete {self.path} to start over")
+            merged = _merged(recorded, canonical)
+            if merged != recorded:  # e.g. the full hash of the weights, taken by this run (--verify_weights)
+                atomic_write_json(path, merged)
             return
         found = [name for name in resumable if os.path.exists(os.path.join(self.path, name))]
         if found:
             raise DataError(f"{self.path} holds {', '.join(found)} from a run that recorded no fingerprint, so it "
                             f"cannot be resumed safely; use another --out, or delete {self.path} to start over")
         atomic_write_json(path, canonical)
+        self._recorded = True
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:

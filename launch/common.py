@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxheads.errors import JaxheadsError
-from jaxheads.weights.cache import cache_root
+from jaxheads.weights.cache import cache_root, heal_compilation_cache
 
 FLAGS = flags.FLAGS
 HELP_ARGS = ("-h", "--help", "-help", "-?", "--helpshort")
@@ -109,6 +109,7 @@ def resolved_config(config_module: ModuleType):
 def cache_compilations() -> None:
     """Turns on JAX's persistent compilation cache in the jaxheads cache folder."""
     jax.config.update("jax_compilation_cache_dir", str(cache_root() / "xla"))
+    heal_compilation_cache(cache_root() / "xla")  # an unreadable entry is compiled again, not warned about forever
 
 
 def with_inputs(config, command: str, files: list[str], inputs: str | None, many: bool):

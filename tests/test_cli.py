@@ -131,6 +131,10 @@ FLAGS_ADDED = {**{command: {"sharding": "'tp'"} for command in (
                "plan": {"sharding": "''", "topology": "''", "slices": "1",
                         "programs": "'ships,sahara,generate,train,train_lora'", "new_tokens": "64", "train_batch": "8",
                         "lora_rank": "16"}}
+# --verify_weights (a full hash of the weights in the fingerprint) on every command that loads a model
+for _command in ("ships", "sahara", "evaluate", "sahara_asr", "utility", "align", "finetune", "guard_train",
+                 "judge_train", "patterns", "sink"):
+    FLAGS_ADDED[_command] = {**FLAGS_ADDED.get(_command, {}), "verify_weights": "false"}
 
 
 def shown_flags(text: str) -> dict[str, str]:

@@ -2,10 +2,12 @@
 the embedded SmolLM2 GGUF (and Gemma-3-270M when installed) against `transformers`' own GGUF loader, the cache
 of converted GGUF files, and the errors for files jaxheads cannot read."""
 
+import hashlib
 import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -76,9 +78,9 @@ def module_cache(tmp_path_factory):
         yield
 
 
-def tiny_model(case: str):
+def tiny_model(case: str, seed: int = 0):
     """A tiny random causal LM with random norms and biases, so that offsets and permutations show."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(CASES[case][2]()).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -477,7 +479,9 @@ def test_second_load_reads_the_cache(tmp_path, cache_dir, reader_calls):
     assert reader_calls == [path, path]  # the GGUF was not parsed again
 
     for model in (first, second):
-        assert model.name == str(path) and model.fingerprint == direct.fingerprint
+        assert model.name == str(path) and model.fingerprint == {**direct.fingerprint,
+                                                                 "cache_entry": first.fingerprint["cache_entry"]}
+        assert model.fingerprint["cache_entry"] is not None and direct.fingerprint["cache_entry"] is None
         assert_same_params(model, direct)
         # the GGUF tokenizer itself, not the one AutoTokenizer makes of the saved files (Qwen2Tokenizer would add
         # NFC normalization: "cafe\u0301" would tokenize as "café")
@@ -505,7 +509,7 @@ def test_smollm2_second_load_reads_the_cache(smollm2_path, cache_dir, reader_cal
     ids = direct.tokenizer(["How do I bake bread?", "<|im_start|>user\nHi<|im_end|>"], padding=True)
     for model in (first, second):
         assert model.name == PACKAGED_MODELS["smollm2"][1]
-        assert model.fingerprint == direct.fingerprint
+        assert model.fingerprint == {**direct.fingerprint, "cache_entry": first.fingerprint["cache_entry"]}
         assert_same_params(model, direct)
         assert_same_tokenizer(model.tokenizer, direct.tokenizer)
     np.testing.assert_array_equal(
@@ -517,15 +521,20 @@ def test_a_touched_gguf_gets_a_new_entry(tmp_path, cache_dir, reader_calls):
     path = tiny_gguf(tmp_path, tokenizer=False)
     first = jaxheads.load(path)
     stat = path.stat()
-    assert first.fingerprint == {"kind": "gguf", "file": path.name, "size": stat.st_size,
-                                 "mtime_ns": stat.st_mtime_ns, "dtype": "float32"}
+    [entry] = entries(cache_dir)
+    written = {file.name: "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()
+               for file in sorted(entry.iterdir()) if file.name != cache.MANIFEST}
+    assert first.fingerprint == {  # by content: the file (small, so hashed in full) and the entry it was read from
+        "kind": "gguf", "file": path.name, "size": stat.st_size,
+        "digest": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(),
+        "cache_entry": hashlib.sha256(json.dumps(written, sort_keys=True).encode()).hexdigest(), "dtype": "float32"}
     key = cache.gguf_key(path)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, new modification time
 
     assert cache.gguf_key(path) != key
     touched = jaxheads.load(path)
     assert len(reader_calls) == 2 and len(entries(cache_dir)) == 2
-    assert touched.fingerprint == {**first.fingerprint, "mtime_ns": stat.st_mtime_ns + 10**9}
+    assert touched.fingerprint == first.fingerprint  # the same content: the same fingerprint
     assert touched.tokenizer is None
     assert_same_params(touched, first)
 
@@ -533,9 +542,10 @@ def test_a_touched_gguf_gets_a_new_entry(tmp_path, cache_dir, reader_calls):
 def test_fingerprint_of_a_linked_gguf_names_the_file_itself(tmp_path):
     path = tiny_gguf(tmp_path, tokenizer=False)
     (tmp_path / "link.gguf").symlink_to(path)
-    fingerprint = jaxheads.load(tmp_path / "link.gguf", dtype="bfloat16").fingerprint
+    fingerprint = jaxheads.load(tmp_path / "link.gguf", dtype="bfloat16", cache=False).fingerprint
     assert fingerprint == {"kind": "gguf", "file": "tiny-qwen2.gguf", "size": path.stat().st_size,
-                           "mtime_ns": path.stat().st_mtime_ns, "dtype": "bfloat16"}
+                           "digest": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(), "cache_entry": None,
+                           "dtype": "bfloat16"}
 
 
 def truncate(file: pathlib.Path) -> None:
@@ -568,6 +578,74 @@ def test_a_damaged_entry_is_rebuilt(tmp_path, cache_dir, reader_calls, damage):
     assert_same_tokenizer(rebuilt.tokenizer, first.tokenizer)
     jaxheads.load(path)
     assert len(reader_calls) == 2
+
+
+def zero_bytes_keeping_mtime(file: pathlib.Path, count: int) -> None:
+    """Zeroes `count` bytes (all but the header when the file is smaller) in the middle of `file` and puts its
+    modification time back, so that only its content tells."""
+    stat = file.stat()
+    data = bytearray(file.read_bytes())
+    count = min(count, len(data) // 2)
+    start = (len(data) - count) // 2
+    assert any(data[start:start + count])
+    data[start:start + count] = bytes(count)
+    file.write_bytes(bytes(data))
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def edit_rope_theta_keeping_size_and_mtime(file: pathlib.Path) -> None:
+    """config.json with the first digit of rope_theta made 9 (e.g. 1000000.0 -> 9000000.0): the same size and
+    modification time."""
+    stat = file.stat()
+    text, edits = re.subn(r'("rope_theta": )[1-8]', r"\g<1>9", file.read_text(), count=1)
+    assert edits == 1
+    file.write_text(text)
+    assert file.stat().st_size == stat.st_size
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda entry: zero_bytes_keeping_mtime(entry / "model.safetensors", 4 * 2**20),
+    lambda entry: edit_rope_theta_keeping_size_and_mtime(entry / "config.json"),
+], ids=["weights zeroed, mtime kept", "config edited at the same size"])
+def test_an_entry_changed_at_the_same_size_is_reported_and_converted_again(tmp_path, cache_dir, reader_calls,
+                                                                             damage, capsys):
+    path = tiny_gguf(tmp_path)
+    first = jaxheads.load(path)
+    [entry] = entries(cache_dir)
+    damage(entry)
+    capsys.readouterr()
+
+    rebuilt = jaxheads.load(path)
+
+    assert len(reader_calls) == 2  # converted again
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"jaxheads: the cached conversion {entry} is damaged (the content of ")
+    assert line.endswith(f"differs from what was written); converting {path} again")
+    assert entries(cache_dir) == [entry] and cache.is_complete(entry, full=True)
+    assert_same_params(rebuilt, first)
+    # the run's fingerprint names the entry it read, by content: the same as the clean entry's
+    assert rebuilt.fingerprint == first.fingerprint
+    assert rebuilt.fingerprint["cache_entry"] == json.loads((entry / cache.MANIFEST).read_text())["content"]
+
+
+def test_a_gguf_swapped_at_the_same_size_and_mtime_gets_its_own_entry(tmp_path, cache_dir, reader_calls):
+    path = tiny_gguf(tmp_path)
+    first = jaxheads.load(path)
+    stat = path.stat()
+    other = tmp_path / "other"
+    other.mkdir()
+    write_gguf(other / "tiny-qwen2.gguf", tiny_model("qwen2", seed=1), "qwen2", "tiny-qwen2",
+               gguf.GGMLQuantizationType.Q8_0, tokenizer=byte_level_tokenizer())
+    assert (other / "tiny-qwen2.gguf").stat().st_size == stat.st_size
+    os.replace(other / "tiny-qwen2.gguf", path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    swapped = jaxheads.load(path)
+
+    assert len(reader_calls) == 2 and len(entries(cache_dir)) == 2  # not the first file's entry
+    assert swapped.fingerprint["digest"] != first.fingerprint["digest"]
+    assert_same_params(swapped, jaxheads.load(path, cache=False))
 
 
 def test_a_conversion_that_finishes_second_uses_the_first(tmp_path, cache_dir, monkeypatch):

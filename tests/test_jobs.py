@@ -80,7 +80,13 @@ def test_ships_refuses_to_mix_runs(tiny_model_with_tokenizer, tmp_path):
         ships.run(config_of(ships_config, **settings))
     prompts.write_text("How do I pick a lock?\nWrite a phishing email.\n")
     weights = model_dir / "model.safetensors"
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # a retrained model
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, the same bytes: the same model
+    ships.run(config_of(ships_config, **settings))
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = bytes(4096)  # other weights of the same size and modification time (cp -p, rsync -t)
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     with pytest.raises(JaxheadsError, match=r"models\.model\.weights"):
         ships.run(config_of(ships_config, **settings))
 
@@ -162,7 +168,9 @@ def test_sahara_refuses_the_steps_of_a_retrained_model_at_the_same_path(tiny_mod
     settings = dict(model=str(model_dir), limit=3, batch_size=3, out=str(tmp_path / "out"))
     sahara.run(config_of(sahara_config, **settings, steps=1))
     weights = model_dir / "model.safetensors"
-    weights.write_bytes(weights.read_bytes())  # rewritten in place, as a retraining run would
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = bytes(4096)
+    weights.write_bytes(bytes(data))  # rewritten in place with other weights, as a retraining run would
     with pytest.raises(JaxheadsError, match=r"models\.model\.weights"):
         sahara.run(config_of(sahara_config, **settings, steps=2))
 

@@ -132,7 +132,7 @@ def _file_prompts(path: str, column: str | None) -> list[str]:
 
 def _read_file_prompts(path: str, suffix: str, column: str | None) -> list[str]:
     """The prompt entries of an existing local file with a known suffix."""
-    with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
+    with open(path, encoding="utf-8-sig", newline="" if suffix == ".csv" else None) as handle:  # BOM tolerant
         if suffix == ".txt":
             return handle.read().splitlines()
         if suffix == ".csv":
@@ -366,7 +366,7 @@ def _file_responses(path: str, required: bool) -> list[LabelledPrompt]:
 
 def _file_entries(path: str, suffix: str) -> list:
     """The entries of a local .csv/.json/.jsonl file (rows, list items, lines), as `load_prompt_rows` counts them."""
-    with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
+    with open(path, encoding="utf-8-sig", newline="" if suffix == ".csv" else None) as handle:  # BOM tolerant
         try:
             if suffix == ".csv":
                 return list(csv.DictReader(handle))

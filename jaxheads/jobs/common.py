@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pathlib
 import time
 from typing import Any, Callable, Sequence
 
@@ -15,16 +16,27 @@ from jaxheads import io
 from jaxheads.data.formats import PROMPT_FORMATS, format_prompt
 from jaxheads.data.loaders import load_prompt_rows
 from jaxheads.errors import DataError, JaxheadsError
-from jaxheads.eval.judges import BUILTIN_JUDGE, JUDGES, is_model_judge, judge_adapter, make_judge
+from jaxheads.eval.judges import (
+    BUILTIN,
+    BUILTIN_JUDGE,
+    JUDGES,
+    builtin_judge_dir,
+    is_model_judge,
+    judge_adapter,
+    make_judge,
+)
 from jaxheads.interventions import ABLATION_KINDS, check_heads
-from jaxheads.loading import load
+from jaxheads.loading import load, model_name
 from jaxheads.provenance import provenance
 from jaxheads.sharding import parse_mesh, parse_rules
 from jaxheads.tokens import encode_prompt
+from jaxheads.weights.digest import file_digest
 
 # Settings that only place work on devices, decide when to save, or name the output: they may change between a
 # run and its resume without changing a result.
-PLACEMENT = ("out", "mesh", "sharding", "chunk_size", "fsdp", "save_every", "keep_checkpoints")
+PLACEMENT = ("out", "mesh", "sharding", "chunk_size", "fsdp", "save_every", "keep_checkpoints", "verify_weights")
+# Settings that name a model: recorded as `loading.model_name` makes them (`--model=M/` is `--model=M`).
+MODEL_SETTINGS = ("model", "base_model", "answers_model")
 DTYPE_NAMES = ("float32", "bfloat16")
 
 
@@ -133,7 +145,8 @@ def load_model(config, field: str = "model"):
     the job's `--mesh` (`device_mesh`) in the layout of its `--sharding` rules (tp_fsdp with `--fsdp`) when the
     config has one, so that each process reads only the slices of the weights its devices hold."""
     mesh = device_mesh(config) if "mesh" in config else None
-    return load(config[field] or None, dtype=config.dtype, mesh=mesh, sharding=sharding_rules(config))
+    return load(config[field] or None, dtype=config.dtype, mesh=mesh, sharding=sharding_rules(config),
+                verify_weights=config.get("verify_weights", False))
 
 
 def sharding_rules(config) -> str | None:
@@ -169,7 +182,9 @@ class PromptSet:
 
     @property
     def data_fingerprint(self) -> dict:
-        return {"source": self.source, "count": len(self), "sha256": io.content_hash(self.prompts)}
+        """The prompts' source, count, text and token ids (the same text tokenized otherwise is other data)."""
+        return {"source": self.source, "count": len(self), "sha256": io.content_hash(self.prompts),
+                "ids_sha256": io.content_hash(self.ids)}
 
 
 def load_prompt_set(model, source: str, prompt_format: str, column: str = "", limit: int = 0) -> PromptSet:
@@ -201,17 +216,91 @@ def fingerprint(job: str, config, models: dict[str, Any], data: dict[str, Any] |
     (`PLACEMENT`) and `exclude`."""
     data = {name: value.data_fingerprint if isinstance(value, PromptSet) else {"sha256": io.content_hash(value)}
             for name, value in (data or {}).items()}
-    settings = {name: value for name, value in config.items() if name not in PLACEMENT and name not in exclude}
+    settings = {name: model_name(value) if name in MODEL_SETTINGS and value else value
+                for name, value in config.items() if name not in PLACEMENT and name not in exclude}
     return {"job": job, "models": {role: {"name": model.name, **model.fingerprint} for role, model in models.items()},
             "data": data, "settings": settings}
 
 
+def model_identity(model) -> str:
+    """A hash of what the model computes, from its fingerprint without its dtype, name and optional entries: the
+    same for the same files loaded in float32 or bfloat16, from any path."""
+    fingerprint = io.without_optional(model.fingerprint)
+    return io.content_hash({key: value for key, value in fingerprint.items() if key != "dtype"})
+
+
+def adapter_fingerprint(directory) -> dict:
+    """The digests of a classifier adapter's files (a folder holding adapter.json and adapter.safetensors, or a
+    `jaxheads guard train` / `judge train` folder holding them in adapter/), for the fingerprint of a run using it."""
+    directory = pathlib.Path(os.path.expanduser(str(directory)))
+    if (directory / "adapter" / "adapter.json").is_file():
+        directory = directory / "adapter"
+    return {name: file_digest(directory / name) for name in ("adapter.json", "adapter.safetensors")
+            if (directory / name).is_file()}
+
+
+def judge_fingerprint(spec: str) -> dict | None:
+    """The adapter digests of the response judge `--judge=spec` names (None for a keyword judge)."""
+    if not is_model_judge(spec):
+        return None
+    return adapter_fingerprint(builtin_judge_dir() if spec in (BUILTIN_JUDGE, BUILTIN) else spec)
+
+
 def shape_fields(model, num_prompts: int | None = None) -> dict:
-    """The keys every result file uses for the model's shape and the number of prompts."""
-    fields = {"model": model.name, "num_layers": model.config.num_layers, "num_heads": model.config.num_heads}
+    """The keys every result file uses for the model (its name and `model_identity`), its shape and the number of
+    prompts."""
+    fields = {"model": model.name, "model_fingerprint": model_identity(model),
+              "num_layers": model.config.num_layers, "num_heads": model.config.num_heads}
     if num_prompts is not None:
         fields["num_prompts"] = num_prompts
     return fields
+
+
+def read_head_file(path: str, flag: str, model, need: str | None = None) -> dict:
+    """A head file (ships.json, sahara.json) that `--flag` names, checked to be of `model` (`check_head_file`) and,
+    with `need`, to hold chosen heads ("heads": a sahara.json) or query-level scores ("query": a query-level
+    ships.json, `[prompt, layer, head]`)."""
+    result = io.read_json(path)
+    if not isinstance(result, dict):
+        raise DataError(f"--{flag}={path} holds a JSON {type(result).__name__}, not a jaxheads result file")
+    check_head_file(result, path, flag, model)
+    if need == "heads":
+        heads = result.get("heads")
+        if not isinstance(heads, list) or not all(isinstance(head, list) and len(head) == 2 for head in heads):
+            what = "a ships.json (scores per head, no chosen heads)" if "scores" in result else "not a sahara.json"
+            raise DataError(f"--{flag}={path} is {what}: it has no list of [layer, head] pairs under \"heads\"; give "
+                            "the sahara.json that jaxheads sahara writes (a ships.json's heads are --top_k_from)")
+    if need == "query":
+        scores = np.asarray(result.get("scores", []), dtype=object)
+        if result.get("level", "query") != "query" or scores.ndim != 3 or "queries" not in result:
+            level = result.get("level") or ("a sahara.json" if "heads" in result else "unknown")
+            raise DataError(f"--{flag}={path} holds no query-level scores [prompt, layer, head] (its level is "
+                            f"{level}); each prompt's own top heads need a ships.json of `jaxheads ships "
+                            "--level=query`")
+    return result
+
+
+def check_head_file(result: dict, path: str, flag: str, model) -> None:
+    """A head file (ships.json, sahara.json) is of `model`: the same `model_fingerprint` when the file records one
+    (the same files, loaded from any path in any dtype), else the same model name; and the same number of layers
+    and heads. Raises a one-line error naming the file and both models otherwise. A file that records none of
+    these (a list of heads written by hand) is only checked head by head, against the model's shape, later."""
+    shape = (result.get("num_layers"), result.get("num_heads"))
+    here = (model.config.num_layers, model.config.num_heads)
+    if shape == (None, None) and "model" not in result and "model_fingerprint" not in result:
+        return
+    recorded = result.get("model", "(no model recorded)")
+    described = f"model {recorded} ({shape[0]} layers x {shape[1]} heads)"
+    other = f"not of the model this run loads, {model.name} ({here[0]} layers x {here[1]} heads)"
+    if shape != here:
+        raise DataError(f"--{flag}={path} was computed on {described}, {other}; compute it on this model")
+    if "model_fingerprint" in result:
+        if result["model_fingerprint"] != model_identity(model):
+            raise DataError(f"--{flag}={path} was computed on {described} whose files differ from those of the "
+                            f"model this run loads, {model.name} (model_fingerprint {result['model_fingerprint'][:12]}"
+                            f" vs {model_identity(model)[:12]}); compute it on this model")
+    elif model_name(str(recorded)) != model_name(model.name):
+        raise DataError(f"--{flag}={path} was computed on {described}, {other}; compute it on this model")
 
 
 def write_result(out: str, name: str, result: dict) -> str:

@@ -13,6 +13,7 @@ import os
 from jaxheads import compare, io, plots
 from jaxheads.errors import DataError, JaxheadsError
 from jaxheads.jobs import common
+from jaxheads.weights.digest import file_digest
 
 RANKING = "descending score; equal scores ordered by the lower flat index layer * num_heads + head"
 
@@ -136,7 +137,9 @@ def run(config) -> dict:
                  "pairs.top_k.K.shared": ["shared head, in the first run's rank order", "(layer, head)"]},
         "settings": config.to_dict(),
     }
-    with io.RunFolder(config.out):
+    with io.RunFolder(config.out) as folder:
+        folder.check(common.fingerprint("compare", config, {},
+                                        {"runs": [[run_["label"], file_digest(run_["path"])] for run_ in runs]}))
         common.write_result(config.out, "compare.json", result)
         plots.plot_top_heads_overlap(
             num_layers, num_heads, [run_["label"] for run_ in runs],

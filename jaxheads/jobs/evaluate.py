@@ -35,11 +35,11 @@ def generation_settings(config) -> dict:
 def run(config) -> dict:
     """Generates and judges the responses; returns the contents of asr.json."""
     check_config(config)
-    with io.RunFolder(config.out):
+    with io.RunFolder(config.out) as folder:
         model = common.load_model(config)
         per_prompt = bool(config.top_k_from)
         if per_prompt:
-            ships = io.read_json(config.top_k_from)
+            ships = common.read_head_file(config.top_k_from, "top_k_from", model, need="query")
             count = config.limit or len(ships["queries"])
             queries, prompts = ships["queries"][:count], ships["prompts"][:count]
             heads = asr.top_heads_per_prompt(np.array(ships["scores"])[:len(prompts)], config.top_k)
@@ -49,12 +49,19 @@ def run(config) -> dict:
             queries, prompts, dataset = data.queries, data.prompts, config.dataset
             heads = parse_heads(config.ablate, "--ablate")
             if config.ablate_from:
-                heads += [tuple(head) for head in io.read_json(config.ablate_from)["heads"]]
+                sahara = common.read_head_file(config.ablate_from, "ablate_from", model, need="heads")
+                heads += [tuple(head) for head in sahara["heads"]]
         prompt_format = config.prompt_format
         if per_prompt:  # the ships.json's prompts were formatted by its own run
             prompt_format = ships.get("settings", {}).get("prompt_format", prompt_format)
         judge = common.load_judge(config, model)
         guard = load_guard(config, model, judge)
+        adapters = {"judge": common.judge_fingerprint(config.judge),
+                    "guard": common.adapter_fingerprint(guard_lib.builtin_adapter_dir() if config.guard ==
+                                                        guard_lib.BUILTIN else config.guard) if config.guard else None}
+        folder.check(common.fingerprint("evaluate", config, {"model": model},
+                                        {"prompts": data if not per_prompt else prompts, "heads": heads,
+                                         "adapters": adapters}))
         result = asr.evaluate(model, queries, prompts, heads, per_prompt=per_prompt, kind=config.ablation,
                               epsilon=config.epsilon, judge=judge, max_new_tokens=config.max_new_tokens,
                               batch_size=config.batch_size, progress=True, mesh=common.device_mesh(config),

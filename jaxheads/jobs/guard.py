@@ -235,9 +235,14 @@ def _classify_job(config, require_labels: bool) -> dict:
     check_classify_config(config)
     rows = load_labelled(config.dataset, tier=config.tier or None, column=config.column or None,
                          limit=config.limit or None, required=require_labels)
-    with io.RunFolder(config.out):
+    with io.RunFolder(config.out) as folder:
         mesh = common.device_mesh(config)
         guard = load_guard(config.guard, model=config.model or None, dtype=config.dtype, mesh=mesh)
+        adapter = guard_lib.builtin_adapter_dir() if config.guard == guard_lib.BUILTIN else config.guard
+        folder.check(common.fingerprint("guard_eval" if require_labels else "guard_classify", config,
+                                        {"model": guard.classifier.model},
+                                        {"rows": [row_fields(row) for row in rows],
+                                         "adapter": common.adapter_fingerprint(adapter)}))
         return classify_and_write(guard, rows, config.out, config, config.dataset, mesh=mesh)
 
 
@@ -384,8 +389,11 @@ def evaluate_judge(config) -> dict:
                    "guard (the shipped judge) or the folder of a `jaxheads judge train` run")
     judges.judge_adapter(config.judge)  # a bad --judge stops before any work
     rows = load_responses(config.dataset, limit=config.limit or None, required=False)
-    with io.RunFolder(config.out):
+    with io.RunFolder(config.out) as folder:
         mesh = common.device_mesh(config)
         judge = judges.load_judge(config.judge, model=config.model or None, dtype=config.dtype, mesh=mesh,
                                      batch_size=config.batch_size)
+        folder.check(common.fingerprint("judge_eval", config, {"model": judge.classifier.model},
+                                        {"rows": [row_fields(row) for row in rows],
+                                         "adapter": common.judge_fingerprint(config.judge)}))
         return judge_and_write(judge, rows, config.out, config, config.dataset, config.batch_size, mesh=mesh)

@@ -17,6 +17,7 @@ from jaxheads.jobs import common
 from jaxheads.patterns import attention_patterns
 from jaxheads.sharding import to_host
 from jaxheads.tokens import pad_id, pad_left
+from jaxheads.weights.digest import file_digest
 
 SETS = ("harmful", "harmless")
 TOP_TOKENS = 10
@@ -83,11 +84,16 @@ def run(config) -> dict:
     """Measures and plots the chosen heads' attention on both sets; returns the contents of patterns.json."""
     check_config(config)
     heads = chosen_heads(config)
-    with io.RunFolder(config.out):
+    with io.RunFolder(config.out) as folder:
         model = common.load_model(config)
+        if config.heads_from:
+            common.read_head_file(config.heads_from, "heads_from", model)
         heads = check_heads(heads, model.config.num_layers, model.config.num_heads)
         sets = {name: common.load_prompt_set(model, config[name], config.prompt_format, limit=config.limit)
                 for name in SETS}
+        folder.check(common.fingerprint("patterns", config, {"model": model},
+                                        {**sets, "heads": heads, "heads_from": config.heads_from and
+                                         file_digest(config.heads_from)}))
         mesh = common.device_mesh(config)
         measured = {name: last_position_attention(model, data, heads, config.batch_size, mesh)
                     for name, data in sets.items()}

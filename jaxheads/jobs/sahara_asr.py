@@ -59,9 +59,10 @@ def run(config) -> dict:
     """Evaluates every setting (resuming finished ones); returns the contents of sahara_asr.json."""
     check_config(config)
     per_prompt = bool(config.top_k_from)
-    source = io.read_json(config.top_k_from or config.sahara)
     with io.RunFolder(config.out) as folder:
         model = common.load_model(config)
+        source = common.read_head_file(config.top_k_from or config.sahara, "top_k_from" if per_prompt else "sahara",
+                                       model, need="query" if per_prompt else "heads")
         cfg = model.config
         if per_prompt:
             count = config.limit or len(source["queries"])

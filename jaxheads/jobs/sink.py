@@ -50,7 +50,8 @@ def run(config) -> dict:
     with io.RunFolder(config.out) as folder:
         model = common.load_model(config)
         answers_model = (model if config.answers_model == config.model
-                         else load(config.answers_model or None, dtype=config.dtype))
+                         else load(config.answers_model or None, dtype=config.dtype,
+                              verify_weights=config.verify_weights))
         data = common.load_prompt_set(answers_model, config.dataset, config.prompt_format, limit=config.limit)
         folder.check(common.fingerprint("sink", config, {"model": model, "answers_model": answers_model},
                                         {"prompts": data}), ["harmful_answers.jsonl"])

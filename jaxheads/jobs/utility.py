@@ -104,6 +104,8 @@ def run(config) -> dict:
                             f"got {config.max_heads}")
     with io.RunFolder(config.out) as folder:
         model = common.load_model(config)
+        if config.sahara:
+            common.read_head_file(config.sahara, "sahara", model, need="heads")
         settings = common.head_settings(heads, model.config.num_layers, model.config.num_heads, max_heads,
                                  config.random_draws, config.seed)
         data = common.load_prompt_set(model, config.harmless, config.prompt_format, config.column, config.limit)

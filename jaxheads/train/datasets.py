@@ -15,7 +15,7 @@ from jaxheads.data.formats import format_prompt
 from jaxheads.data.loaders import load_refusals
 from jaxheads.errors import DataError
 from jaxheads.generation import generate
-from jaxheads.io import JsonlLog, content_hash
+from jaxheads.io import JsonlLog, content_hash, without_optional
 
 SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 
@@ -44,7 +44,7 @@ def model_answers(model, queries: Sequence[str], prompt_format: str, cache_path:
     a model retrained at the same path does not reuse the old model's answers.
     """
     log = JsonlLog(cache_path)
-    settings = {"model": content_hash({"name": model.name, **model.fingerprint}), "prompt_format": prompt_format,
+    settings = {"model": content_hash({"name": model.name, **without_optional(model.fingerprint)}), "prompt_format": prompt_format,
                 "max_new_tokens": max_new_tokens}
     cached = {record["query"]: record["answer"] for record in log.read()
               if {key: record.get(key) for key in settings} == settings}

@@ -5,11 +5,16 @@ converted copy (`config.json`, float32 `model.safetensors` under Hugging Face na
 `save_pretrained` files) loads through the plain checkpoint-directory path in a fraction of that, except for the
 tokenizer, which is rebuilt as the GGUF's own (`load_tokenizer`).
 
-Entries live under `<cache root>/gguf/<key>/`, the key hashing the GGUF's resolved path, size and modification
-time, `FORMAT_VERSION` and the versions of the libraries that convert it (`gguf` dequantizes, `transformers`
-builds the tokenizer), so a replaced file or a changed conversion gets a new entry. An entry is written in a
-staging folder next to it and renamed into place, so readers never see half of one; its manifest lists every
-file with its size, and an entry whose files do not match it is rebuilt.
+Entries live under `<cache root>/gguf/<key>/`, the key hashing the GGUF's resolved path, size, modification
+time and content digest (`jaxheads.weights.digest`: its metadata in full and sampled blocks of its tensors),
+`FORMAT_VERSION` and the versions of the libraries that convert it (`gguf` dequantizes, `transformers` builds the
+tokenizer), so a replaced file (even one of the same size and modification time) or a changed conversion gets a
+new entry. An entry is written in a staging folder next to it and renamed into place, so readers never see half
+of one. Its manifest lists every file with its size, its full sha256 and its sampled digest, all taken at write
+time; a read checks each file's size and sampled digest (each small file, such as config.json and the tokenizer,
+is hashed in full), or every file's full sha256 with `full=True`, and an entry whose files do not match is
+reported on stderr in one line and converted again. The manifest's `content` (a hash of every file's sha256)
+names the entry in the fingerprint of a run that read it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import pathlib
 import shutil
 import struct
+import sys
 import tempfile
 import uuid
 
@@ -29,9 +35,17 @@ import numpy as np
 
 from jaxheads.errors import LoadError
 from jaxheads.models.config import config_from_hf
+from jaxheads.weights.digest import file_digest
 from jaxheads.weights.gguf import GGUFTensors, make_tokenizer, read_gguf
 
-FORMAT_VERSION = 1  # bump when what an entry holds, or how it is converted, changes
+try:  # where JAX reads its persistent compilation cache (`heal_compilation_cache`); private, so it may move
+    from jax._src import compilation_cache as _compilation_cache
+    from jax._src import compiler as _compiler
+    _JAX_COMPILATION_CACHE = (_compilation_cache, _compiler)
+except ImportError:
+    _JAX_COMPILATION_CACHE = (None, None)
+
+FORMAT_VERSION = 2  # bump when what an entry holds, or how it is converted, changes
 CACHE_DIR_ENV = "JAXHEADS_CACHE_DIR"
 NO_CACHE_ENV = "JAXHEADS_NO_CACHE"
 MANIFEST = "jaxheads-cache.json"
@@ -52,28 +66,35 @@ def disabled_by_environment() -> bool:
     return os.environ.get(NO_CACHE_ENV, "") not in ("", "0")
 
 
-def gguf_key(path: pathlib.Path) -> str:
-    """The cache key of a GGUF file: a hash of its resolved path, size, mtime_ns and the conversion's versions."""
+def gguf_key(path: pathlib.Path, digest: str | None = None) -> str:
+    """The cache key of a GGUF file: a hash of its resolved path, size, mtime_ns, content digest (`digest`, the
+    file's `file_digest`, computed when not given) and the conversion's versions."""
     resolved = path.resolve()
     stat = resolved.stat()
     identity = {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "format": FORMAT_VERSION,
+                "digest": digest or file_digest(resolved),
                 **{library: importlib.metadata.version(library) for library in CONVERTING_LIBRARIES}}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def gguf_entry(path: pathlib.Path) -> pathlib.Path:
+def gguf_entry(path: pathlib.Path, digest: str | None = None) -> pathlib.Path:
     """Where the converted copy of a GGUF file lives (whether or not it exists yet)."""
-    return cache_root() / "gguf" / gguf_key(path)
+    return cache_root() / "gguf" / gguf_key(path, digest)
 
 
-def cached_gguf(path: pathlib.Path) -> tuple[pathlib.Path, bool]:
-    """The cache entry of a GGUF file, converted now if it is missing or damaged; and whether it was converted now.
+def cached_gguf(path: pathlib.Path, digest: str | None = None, full: bool = False) -> tuple[pathlib.Path, bool]:
+    """The cache entry of a GGUF file, converted now if it is missing or damaged (a damaged one is reported on
+    stderr); and whether it was converted now. `digest`: the GGUF's `file_digest` when already known; `full`:
+    check the entry's files against their full sha256 rather than their sampled digests.
 
     Raises OSError when the cache folder cannot be written, LoadError for a GGUF that cannot be converted.
     """
-    entry = gguf_entry(path)
-    if is_complete(entry):
+    entry = gguf_entry(path, digest)
+    damage = entry_damage(entry, full)
+    if damage is None:
         return entry, False
+    if (entry / MANIFEST).exists():
+        sys.stderr.write(f"jaxheads: the cached conversion {entry} is damaged ({damage}); converting {path} again\n")
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".staging", dir=entry.parent))
     try:
@@ -94,12 +115,15 @@ def convert_gguf(path: pathlib.Path, directory: pathlib.Path) -> None:
     if recipe is not None:
         recipe.tokenizer().save_pretrained(directory)
     stat = path.stat()
-    files = {str(file.relative_to(directory)): file.stat().st_size
+    files = {str(file.relative_to(directory)): {"size": file.stat().st_size, "sha256": file_digest(file, full=True),
+                                                "digest": file_digest(file)}
              for file in sorted(directory.rglob("*")) if file.is_file()}
     manifest = {
         "format": FORMAT_VERSION,
         "source": {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
         "files": files,
+        "content": hashlib.sha256(json.dumps({name: file["sha256"] for name, file in files.items()},
+                                             sort_keys=True).encode()).hexdigest(),
         "tokenizer": None if recipe is None else {"class": recipe.class_name, "arguments": recipe.arguments},
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -144,15 +168,39 @@ def write_safetensors(path: pathlib.Path, tensors: GGUFTensors) -> None:
             handle.write(np.ascontiguousarray(values, dtype="<f4").data)
 
 
-def is_complete(entry: pathlib.Path) -> bool:
+def is_complete(entry: pathlib.Path, full: bool = False) -> bool:
     """Whether an entry has its manifest and every file the manifest lists (config and weights at least), each
-    of the size it was written with."""
+    as it was written (`entry_damage`)."""
+    return entry_damage(entry, full) is None
+
+
+def entry_damage(entry: pathlib.Path, full: bool = False) -> str | None:
+    """What is wrong with an entry, in a few words, or None when it has its manifest and every file it lists
+    (config and weights at least) has the size and sampled digest it was written with (its full sha256 with
+    `full`)."""
     try:
         files = json.loads((entry / MANIFEST).read_text())["files"]
-        return {"config.json", "model.safetensors"} <= files.keys() and all(
-            (entry / name).stat().st_size == size for name, size in files.items())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, unreadable or not a manifest
-        return False
+        missing = {"config.json", "model.safetensors"} - files.keys()
+        if missing:
+            return f"its manifest lists no {', '.join(sorted(missing))}"
+        for name, recorded in files.items():
+            file = entry / name
+            if not file.is_file():
+                return f"{name} is missing"
+            if file.stat().st_size != recorded["size"]:
+                return f"{name} has {file.stat().st_size} bytes, not the {recorded['size']} written"
+            if file_digest(file, full) != recorded["sha256" if full else "digest"]:
+                return f"the content of {name} differs from what was written"
+        return None
+    except OSError as error:
+        return f"cannot read it: {error}"
+    except (ValueError, KeyError, TypeError, AttributeError):  # not a manifest of this format
+        return f"{MANIFEST} is missing or not a manifest of format {FORMAT_VERSION}"
+
+
+def entry_content(entry: pathlib.Path) -> str:
+    """The content hash the manifest of a complete entry records (a hash of every file's sha256)."""
+    return json.loads((entry / MANIFEST).read_text())["content"]
 
 
 def discard(entry: pathlib.Path) -> None:
@@ -182,3 +230,37 @@ def _install(staging: pathlib.Path, entry: pathlib.Path) -> bool:
         if is_complete(entry):  # another process replaced the damaged entry in between
             return False
         raise
+
+
+def heal_compilation_cache(directory: pathlib.Path) -> bool:
+    """Makes JAX's persistent compilation cache in `directory` replace entries it cannot read: JAX warns about such
+    an entry and compiles again, but never overwrites an existing entry, so a damaged one would be warned about on
+    every run. Here an entry that fails to load is removed (said in one line on stderr) before JAX compiles, so
+    the fresh compilation is written in its place. Returns False where this JAX has no such hook (nothing done)."""
+    compilation_cache, compiler = _JAX_COMPILATION_CACHE
+    if compilation_cache is None:
+        return False
+    read = getattr(compilation_cache, "get_executable_and_time", None)
+    if read is None or getattr(compiler, "compilation_cache", None) is not compilation_cache:
+        return False
+    if getattr(read, "_jaxheads_heals", False):  # already installed
+        return True
+
+    def healing_read(cache_key, *args, **kwargs):
+        try:
+            return read(cache_key, *args, **kwargs)
+        except Exception as error:
+            if isinstance(error, getattr(compilation_cache, "CacheVerificationError", ())):
+                raise
+            removed = [path for path in (directory / f"{cache_key}-cache", directory / f"{cache_key}-atime")
+                       if path.exists()]
+            for path in removed:
+                path.unlink(missing_ok=True)
+            if removed:
+                sys.stderr.write(f"jaxheads: removed the unreadable compilation cache entry {removed[0]} "
+                                 f"({type(error).__name__}); compiling it again\n")
+            raise
+
+    healing_read._jaxheads_heals = True
+    compilation_cache.get_executable_and_time = healing_read
+    return True

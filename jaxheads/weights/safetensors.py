@@ -41,7 +41,7 @@ def read_config(directory: pathlib.Path) -> dict:
 def _read_json(path: pathlib.Path) -> Any:
     """A JSON file's content; a LoadError naming the file when it cannot be read, is not UTF-8 or not JSON."""
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8-sig"))  # a byte order mark is no part of the JSON
     except OSError as error:
         raise LoadError(f"could not read {path}: {error}") from error
     except UnicodeDecodeError as error:
