@@ -6,8 +6,10 @@ the command's `run(config)`; an error the user can fix is printed as one line, n
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
+import math
 import sys
 import textwrap
 from types import ModuleType
@@ -17,6 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxheads import interrupts
 from jaxheads.errors import JaxheadsError
 from jaxheads.weights.cache import cache_root, heal_compilation_cache
 
@@ -91,10 +94,16 @@ def named_config(arg: str) -> str:
 
 def resolved_config(config_module: ModuleType):
     """The command's config: its defaults, then the fields of a `--config` file (and `--config.FIELD` flags), then
-    every flag given on the command line. A config file with a field the command does not know is an error."""
+    every flag given on the command line. A config file with a field the command does not know, and a NaN or
+    infinite number (which no setting takes), are errors."""
     config = config_module.get_config()
-    given = FLAGS.config
-    unknown = sorted(set(given) - set(config))
+    try:
+        given = FLAGS.config
+        names = set(given)
+    except OSError as error:  # ml_collections reports a config file it could not find when it is first read
+        raise JaxheadsError(f"--config {config_flags.get_config_filename(FLAGS['config'])}: no such file, or not "
+                            "a config file (a .py file with get_config(), or a name in jaxheads.configs)") from error
+    unknown = sorted(names - set(config))
     if unknown:
         raise JaxheadsError(f"the config {config_flags.get_config_filename(FLAGS['config'])} has fields this command "
                             f"does not know: {', '.join(unknown)}; its fields are {', '.join(config)}")
@@ -103,6 +112,8 @@ def resolved_config(config_module: ModuleType):
             config[name] = given[name]
         if FLAGS[name].present:
             config[name] = FLAGS[name].value
+        if isinstance(config[name], float) and not math.isfinite(config[name]):
+            raise JaxheadsError(f"--{name} must be a finite number, got {config[name]}")
     return config
 
 
@@ -140,6 +151,7 @@ def launch(command: str, run: Callable, config_module: ModuleType, doc: str, arg
     define_flags(config_module)
 
     def main(leftover: list[str]) -> None:
+        interrupts.install()
         if FLAGS.distributed:
             jax.distributed.initialize()
         if FLAGS.compilation_cache:
@@ -148,6 +160,8 @@ def launch(command: str, run: Callable, config_module: ModuleType, doc: str, arg
             logging.set_verbosity(logging.WARNING)  # Orbax and absl INFO lines bury the progress bars
         try:
             run(with_inputs(resolved_config(config_module), command, leftover[1:], inputs, many))
+            if interrupts.interrupted():  # a KeyboardInterrupt that something caught or dropped
+                raise KeyboardInterrupt
         except (JaxheadsError, KeyboardInterrupt) as error:
             if FLAGS.debug:
                 raise
@@ -155,4 +169,26 @@ def launch(command: str, run: Callable, config_module: ModuleType, doc: str, arg
             sys.stderr.write(f"jaxheads {command}: error: {message}\n")
             sys.exit(130 if isinstance(error, KeyboardInterrupt) else 2)
 
-    app.run(main, argv=argv)
+    app.run(main, argv=argv, flags_parser=functools.partial(parse_flags, command))
+
+
+def parse_flags(command: str, argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a `--config` file that does not load (missing, a syntax error, a get_config that
+    fails) reported as one line naming the file (`--debug`: the traceback)."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except Exception as error:  # absl reports bad flag values itself (usage and exit); this is the config file
+        if "--debug" in argv:
+            raise
+        cause = error
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, SyntaxError):
+            reason = f"syntax error at line {cause.lineno}: {cause.msg}"
+        elif isinstance(cause, OSError):
+            reason = "cannot be read (no such file, or not a config file)"
+        else:
+            reason = f"{type(cause).__name__}: {cause}".splitlines()[0]
+        given = [arg.removeprefix("--config=") for arg in argv if arg.startswith("--config=")]
+        sys.stderr.write(f"jaxheads {command}: error: --config {given[-1] if given else ''}: {reason}\n")
+        sys.exit(2)

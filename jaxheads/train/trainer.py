@@ -24,8 +24,9 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
+from jaxheads import interrupts
 from jaxheads.errors import JaxheadsError
-from jaxheads.io import JsonlLog, content_hash, fingerprint_changes
+from jaxheads.io import JsonlLog, atomic_write_jsonl, content_hash, fingerprint_changes
 from jaxheads.loading import DTYPES, Model
 from jaxheads.models import params as param_table
 from jaxheads.models.config import ModelConfig
@@ -79,6 +80,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            if isinstance(getattr(self, field.name), float) and not math.isfinite(getattr(self, field.name)):
+                raise JaxheadsError(f"{field.name} must be a finite number, got {getattr(self, field.name)}")
         if not self.surgery_lambda >= 0:
             raise JaxheadsError(f"surgery_lambda must be >= 0 (0 = plain SFT), got {self.surgery_lambda}")
         for name in ("batch_size", "grad_accum", "max_length", "save_every", "keep_checkpoints", "surgery_batch"):
@@ -214,7 +218,8 @@ def run_fingerprint(model: Model, examples: Sequence[Example], pairs: PairSet | 
 
 
 def _checkpoint_manager(directory: str, config: TrainConfig) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+                                           cleanup_tmp_directories=True)  # left by a killed save
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "meta"))
 
 
@@ -292,6 +297,27 @@ def _latest_records(records: list[dict]) -> list[dict]:
     return [by_step[step] for step in sorted(by_step)]
 
 
+def _resumed_log(path: str, micro_step: int, grad_accum: int) -> JsonlLog:
+    """The metrics log with each step once, cut back to the steps the restored state has done (a run killed after
+    logging a step but before saving it logs that step again)."""
+    log = JsonlLog(path)
+    done = micro_step // grad_accum if micro_step else -1  # at micro-step 0 even the step-0 record is redone
+    records = log.read()
+    kept = [record for record in _latest_records(records) if record["step"] <= done]
+    if kept != records:
+        atomic_write_jsonl(path, kept)
+    return log
+
+
+def check_finite_record(record: dict, path: str) -> None:
+    """Refuses a metrics record with a NaN or infinite value: the training diverged (or the weights hold NaNs)."""
+    bad = [f"{name} = {value}" for name, value in record.items()
+           if isinstance(value, float) and not math.isfinite(value)]
+    if bad:
+        raise JaxheadsError(f"training diverged at step {record['step']}: {', '.join(bad)} (not logged to {path}); "
+                            "lower --learning_rate or --max_grad_norm, or check the data and the model's weights")
+
+
 def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_dir: str | os.PathLike,
           pairs: PairSet | None = None, on_step: Callable[[int, dict], None] | None = None,
           mesh: Mesh | None = None) -> TrainResult:
@@ -300,7 +326,8 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
 
     `pairs` feed the Surgery regularizer (`surgery_lambda > 0`) and the logged positive-head count
     (`sink_every`). Metrics go to `out_dir/metrics.jsonl`; `on_step(step, record)` is called after each
-    optimizer step. On KeyboardInterrupt the current state is saved before the interrupt propagates.
+    optimizer step. On KeyboardInterrupt the current state is saved before the interrupt propagates; an interrupt
+    that arrives while a step is committed (its state, log record and checkpoint) or saved waits until that is done.
 
     On a `mesh`, batch rows are split over `data` and the state is laid out by `training_shardings` (checkpoints
     save that sharded state and restore onto any mesh); without one, everything runs on the default device.
@@ -347,7 +374,7 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
         sink_pairs = pairs.batches(range(min(SINK_EVAL_PAIRS, len(pairs.harmful))),
                                    range(min(SINK_EVAL_PAIRS, len(pairs.safe))), pad, config.max_length)
     schedule = learning_rate_schedule(config)
-    log = JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
+    log = _resumed_log(os.path.join(out_dir, "metrics.jsonl"), int(state.micro_step), config.grad_accum)
     if int(state.micro_step) == 0 and sink_pairs is not None:
         log.append({"step": 0, "positive_heads": int(count_positive_heads(state.params, frozen, *sink_pairs))})
     started = time.perf_counter()
@@ -360,29 +387,35 @@ def train(model: Model, examples: Sequence[Example], config: TrainConfig, out_di
             pair_batches = None
             if config.surgery_lambda > 0:
                 pair_batches = pairs.batches(*pairs.draw(pair_key, config.surgery_batch), pad, config.max_length)
-            state, metrics = train_step(state._replace(rng=jax.random.key_data(rng)), frozen, place_batch(batch),
-                                        place_batch(pair_batches))
-            pending.append({name: float(value) for name, value in metrics.items()})
-            if int(state.micro_step) % config.grad_accum:
-                continue
-            step = int(state.micro_step) // config.grad_accum
-            record = {"step": step, "lr": float(schedule(step - 1)),
-                      **{name: float(np.mean([m[name] for m in pending])) for name in pending[0]},
-                      "seconds": time.perf_counter() - started}
-            if sink_pairs is not None and (step % config.sink_every == 0 or step == config.steps):
-                record["positive_heads"] = int(count_positive_heads(state.params, frozen, *sink_pairs))
-            pending = []
-            log.append(record)
-            if step % config.save_every == 0 or step == config.steps:
-                _save(manager, state, fingerprint, pending)
+            stepped, metrics = train_step(state._replace(rng=jax.random.key_data(rng)), frozen, place_batch(batch),
+                                          place_batch(pair_batches))
+            metrics = {name: float(value) for name, value in metrics.items()}  # waits for the step
+            with interrupts.deferred():  # the step, its log record and its checkpoint land together or not at all
+                state = stepped
+                pending.append(metrics)
+                if int(state.micro_step) % config.grad_accum:
+                    continue
+                step = int(state.micro_step) // config.grad_accum
+                record = {"step": step, "lr": float(schedule(step - 1)),
+                          **{name: float(np.mean([m[name] for m in pending])) for name in pending[0]},
+                          "seconds": time.perf_counter() - started}
+                if sink_pairs is not None and (step % config.sink_every == 0 or step == config.steps):
+                    record["positive_heads"] = int(count_positive_heads(state.params, frozen, *sink_pairs))
+                check_finite_record(record, log.path)
+                pending = []
+                log.append(record)
+                if step % config.save_every == 0 or step == config.steps:
+                    _save(manager, state, fingerprint, pending)
             if on_step is not None:
                 on_step(step, record)
     except KeyboardInterrupt:
+        with interrupts.deferred():
+            _save(manager, state, fingerprint, pending)
+            manager.close()
+        raise
+    with interrupts.deferred():
         _save(manager, state, fingerprint, pending)
         manager.close()
-        raise
-    _save(manager, state, fingerprint, pending)
-    manager.close()
     weights = effective_weights(state.params, frozen, lora)
     adapters = None if lora is None else jax.tree.map(lambda value: to_host(value).astype(np.float32), state.params)
     return TrainResult({name: to_host(value).astype(np.float32) for name, value in weights.items()},
