@@ -25,7 +25,7 @@ _MARK_COLOR = "#ff3b30"
 
 
 def plot_head_heatmap(scores, path: str | os.PathLike, title: str = "", cbar_label: str = "score",
-                      diverging: bool = False) -> None:
+                      diverging: bool = False) -> Figure:
     """Saves a heatmap of per-head `scores` [L, N] (layer 0 in the top row, heads across) with the top-5 heads
     outlined and numbered by rank, and listed with their (layer, head) and score below the plot. NaN cells
     are grey. `diverging`: for signed scores, a red-blue colormap centred at 0."""
@@ -44,11 +44,12 @@ def plot_head_heatmap(scores, path: str | os.PathLike, title: str = "", cbar_lab
                 fontsize=8, family="monospace")
     ax.set_title(title, fontsize=10)
     save_figure_atomic(fig, path)
+    return fig
 
 
 def plot_chosen_heads(num_layers: int, num_heads: int, heads: Sequence[tuple[int, int]],
                       step_scores: Sequence, path: str | os.PathLike, title: str = "Sahara greedy head selection",
-                      score_label: str = "dataset-level score (°)") -> None:
+                      score_label: str = "dataset-level score (°)") -> Figure:
     """Saves Sahara's selection: left, the step-1 scores (each head ablated alone) on the [L, N] grid with the
     chosen heads outlined and numbered by the step that chose them; right, the score of the chosen group after
     each step."""
@@ -83,6 +84,7 @@ def plot_chosen_heads(num_layers: int, num_heads: int, heads: Sequence[tuple[int
     line_ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=11)
     save_figure_atomic(fig, path)
+    return fig
 
 
 def plot_curves(records: Sequence[dict], keys: Sequence[str], path: str | os.PathLike, x: str = "step",
@@ -319,7 +321,7 @@ def plot_last_position_attention(heads: Sequence[tuple[int, int]], examples: dic
 
 
 
-def plot_confusion(matrix, labels: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
+def plot_confusion(matrix, labels: Sequence[str], path: str | os.PathLike, title: str = "") -> Figure:
     """Saves a confusion matrix (rows the true label, columns the predicted one): each cell shows its count, and
     its colour is the count's share of its row (the row's recall on the diagonal)."""
     counts = np.asarray(matrix, float)
@@ -344,3 +346,4 @@ def plot_confusion(matrix, labels: Sequence[str], path: str | os.PathLike, title
     if title:
         ax.set_title(title, fontsize=10)
     save_figure_atomic(fig, path)
+    return fig

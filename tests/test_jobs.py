@@ -9,13 +9,15 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxheads import io
+import jaxheads
+from jaxheads import interventions, io
 from jaxheads.configs import evaluate as evaluate_config
 from jaxheads.configs import sahara as sahara_config
 from jaxheads.configs import sahara_asr as sahara_asr_config
 from jaxheads.configs import ships as ships_config
 from jaxheads.data.formats import format_prompt
 from jaxheads.errors import JaxheadsError
+from jaxheads.eval.judges import KeywordJudge
 from jaxheads.jobs import evaluate, sahara, sahara_asr, ships
 
 PROVENANCE_KEYS = {"jaxheads_version", "git_commit", "jax_version", "devices", "created_utc", "argv"}
@@ -190,6 +192,16 @@ def test_evaluate_with_sahara_heads_and_per_prompt_top_heads(tiny_model_with_tok
     generations = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]
     assert len(generations) == 4 and all(g["ablated"] == [[2, 3], [0, 1]] for g in generations)
     assert result["degenerate_share"] == sum(g["degenerate"] for g in generations) / 4
+    # The ablated responses are `jaxheads.generate`'s with those heads ablated, not the unablated model's, and the
+    # ASR is the keyword judge's share of them not refused.
+    model_obj = jaxheads.load(model)
+    prompts = [g["prompt"] for g in generations]
+    heads = interventions.ablate([(2, 3), (0, 1)], 3, 4, kind="ua")
+    ablated = jaxheads.generate(model_obj, prompts, max_new_tokens=8, interventions=heads).texts
+    unablated = jaxheads.generate(model_obj, prompts, max_new_tokens=8).texts
+    assert [g["response"] for g in generations] == ablated and ablated != unablated
+    refused = KeywordJudge()([g["query"] for g in generations], ablated)
+    assert result["asr"] == sum(not flag for flag in refused) / 4
     by_reference = evaluate.run(config_of(evaluate_config, model=model, limit=4, max_new_tokens=8, judge="reference",
                                           ablate_from=str(tmp_path / "sahara.json"), out=str(tmp_path / "ref")))
     assert by_reference["judge"]["name"] == "reference" and by_reference["by_judge"] == result["by_judge"]

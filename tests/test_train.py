@@ -7,6 +7,7 @@ import transformers
 from conftest import TINY_CONFIGS, hf_logits
 
 import jaxheads
+from jaxheads import sink
 from jaxheads.errors import JaxheadsError
 from jaxheads.train import CheckpointError, Example, PairSet, TrainConfig, export_safetensors, train, trained_model
 from jaxheads.train import lora as lora_lib
@@ -75,16 +76,44 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny_checkpoint, tm
     assert [r["step"] for r in full.records if "positive_heads" in r] == [0, 3, 6]
 
 
+def _penalty_and_count(module, harmful, safe):
+    """The Surgery penalty and the positive-divergence head count of `module`, from `jaxheads.sink` directly."""
+    h, s = pad_right(harmful, 0, 64), pad_right(safe, 0, 64)
+    divergence = sink.sink_divergence(module, h.ids, h.mask, s.ids, s.mask)
+    return float(sink.surgery_penalty(divergence)), int(sink.positive_heads(divergence))
+
+
 def test_surgery_changes_training_and_zero_lambda_is_plain_sft(tiny_checkpoint, tmp_path):
+    """λ = 0 with pairs is plain SFT; from the same start and batches, λ > 0 ends with a smaller penalty and fewer
+    positive heads than λ = 0 (measured by `jaxheads.sink` on the final weights), and each logged loss is
+    ce + λ·penalty."""
     model = jaxheads.load(tiny_checkpoint("llama_mha")[1])
-    examples, pairs = _examples(4, seed=3), _pairs()
-    base = {"steps": 3, "batch_size": 2, "learning_rate": 1e-2, "warmup_steps": 0, "save_every": 10}
+    examples = _examples(4, seed=3)
+    # short harmful sequences against long safe ones: the sink gets more attention on the harmful side (d > 0)
+    pairs = PairSet(_examples(4, seed=11, prompt_length=2, answer_length=3),
+                    _examples(4, seed=12, prompt_length=2, answer_length=12))
+    base = {"steps": 4, "batch_size": 2, "learning_rate": 1e-2, "warmup_steps": 0, "schedule": "constant",
+            "save_every": 10, "surgery_batch": 4}
     plain = train(model, examples, TrainConfig(**base), tmp_path / "plain")
-    zero = train(model, examples, TrainConfig(**base), tmp_path / "zero", pairs)
-    surgery = train(model, examples, TrainConfig(**base, surgery_lambda=100.0), tmp_path / "surgery", pairs)
+    zero = train(model, examples, TrainConfig(**base, sink_every=4), tmp_path / "zero", pairs)
+    surgery = train(model, examples, TrainConfig(**base, sink_every=4, surgery_lambda=50.0), tmp_path / "surgery",
+                    pairs)
     assert _weights_equal(plain.weights, zero.weights)
-    assert not _weights_equal(plain.weights, surgery.weights)
-    assert all("penalty" in record for record in surgery.records)
+    start_penalty, start_count = _penalty_and_count(model.module, pairs.harmful, pairs.safe)
+    zero_penalty, zero_count = _penalty_and_count(trained_model(model, zero.weights).module, pairs.harmful, pairs.safe)
+    surgery_penalty, surgery_count = _penalty_and_count(trained_model(model, surgery.weights).module, pairs.harmful,
+                                                        pairs.safe)
+    assert start_penalty > 0 and zero_count > 0
+    assert surgery_penalty < zero_penalty and surgery_count < zero_count
+    logged = {name: [r["positive_heads"] for r in result.records if "positive_heads" in r]
+              for name, result in (("zero", zero), ("surgery", surgery))}
+    assert logged == {"zero": [start_count, zero_count], "surgery": [start_count, surgery_count]}
+    assert all("penalty" in record for record in surgery.records if "loss" in record)
+    for record in surgery.records:
+        if "loss" in record:
+            np.testing.assert_allclose(record["loss"], record["ce"] + 50.0 * record["penalty"], rtol=1e-6)
+    penalties = [record["penalty"] for record in surgery.records if "penalty" in record]
+    assert penalties[-1] < penalties[0]
 
 
 def test_lora_merge_equals_the_unmerged_projection(tiny_checkpoint):

@@ -10,16 +10,25 @@ import pytest
 import torch
 import transformers
 
+import jaxheads
+from jaxheads import plots
 from jaxheads.configs import align as align_config
 from jaxheads.configs import finetune as finetune_config
 from jaxheads.configs import sink as sink_config
 from jaxheads.errors import DataError, JaxheadsError
+from jaxheads.eval.judges import KeywordJudge
 from jaxheads.jobs import align, finetune, sink
+from jaxheads.sink import sink_attention
+from jaxheads.tokens import pad_id
+from jaxheads.train import tokenize_examples
+from jaxheads.train.data import pad_right
 from jaxheads.train.datasets import (
     answer_value,
     arithmetic_accuracy,
     arithmetic_problems,
+    Problem,
     harmful_mixture,
+    refusal_answers,
     trim_to_sentence,
 )
 
@@ -52,17 +61,38 @@ def config_of(module, **values):
     return config
 
 
-def test_sink_writes_sink_json_and_a_diverging_heatmap(tiny_chat_model, tmp_path):
+def test_sink_writes_sink_json_and_a_diverging_heatmap(tiny_chat_model, tmp_path, monkeypatch):
+    figures = []
+    save = plots.save_figure_atomic
+    monkeypatch.setattr(plots, "save_figure_atomic", lambda fig, path: (figures.append(fig), save(fig, path)))
     result = sink.run(config_of(sink_config, model=str(tiny_chat_model), answers_model=str(tiny_chat_model), limit=5,
                                 answer_tokens=24, batch_size=4, out=str(tmp_path)))
     written = json.loads((tmp_path / "sink.json").read_text())
     assert set(written["provenance"]) == PROVENANCE_KEYS and written["divergence"] == result["divergence"]
     divergence = np.array(result["divergence"])
     assert divergence.shape == (2, 4) and result["axes"]["divergence"] == ["layer", "head"]
-    np.testing.assert_allclose(divergence, np.array(result["alpha_harmful"]) - np.array(result["alpha_safe"]),
-                               atol=1e-6)
-    assert result["positive_heads"] == int((divergence > 0).sum())
+    # The same pairs through `jaxheads.sink` directly, in one batch: the answers the model gave (cached) that the
+    # keyword judge does not call refusals, against the same prompts with the built-in refusals.
+    model = jaxheads.load(str(tiny_chat_model))
+    answered = [json.loads(line) for line in (tmp_path / "harmful_answers.jsonl").read_text().splitlines()]
+    refused = KeywordJudge()([a["query"] for a in answered], [a["answer"] for a in answered])
+    harmful = [(a["query"], a["answer"]) for a, flag in zip(answered, refused) if not flag]
+    safe = list(zip([query for query, _ in harmful], refusal_answers([query for query, _ in harmful], 0)))
+    assert result["num_pairs"] == len(harmful) > 0
+
+    def alpha(pairs):
+        batch = pad_right(tokenize_examples(model.tokenizer, pairs, "template", 256), pad_id(model.tokenizer), 256)
+        return np.asarray(sink_attention(model.module, batch.ids, batch.mask)).mean(axis=0)
+
+    expected = alpha(harmful) - alpha(safe)
+    assert np.abs(expected).max() > 1e-3  # the two sides differ, so a job that mixed them up would fail below
+    np.testing.assert_allclose(result["alpha_harmful"], alpha(harmful), atol=1e-6)
+    np.testing.assert_allclose(divergence, expected, atol=1e-6)
+    assert result["positive_heads"] == int((expected > 0).sum())
     assert (tmp_path / "sink_divergence.png").stat().st_size > 1000
+    (image,) = figures[-1].axes[0].images  # the heat map shows d, layer by head, centred at 0
+    np.testing.assert_array_equal(image.get_array(), divergence)
+    assert image.norm.vcenter == 0 and image.norm.vmax == -image.norm.vmin == np.abs(divergence).max()
 
 
 def test_align_then_finetune_end_to_end_and_reruns_that_would_mix_runs(tiny_chat_model, tmp_path):
@@ -158,6 +188,11 @@ def test_arithmetic_task_has_exact_answers_and_disjoint_heldout():
     for problem in train:
         expression = problem.answer.split(" = ")[0]
         assert eval(expression.replace("/", "//")) == problem.value
-    assert arithmetic_accuracy(heldout[:2], [heldout[0].answer, "I think it is 3.5 or so"]) in (0.5, 1.0)
+    seven, twelve = Problem("What is 3 + 4?", "3 + 4 = 7. The answer is 7.", 7), Problem("6 * 2?", "", 12)
+    assert arithmetic_accuracy([seven, twelve], [seven.answer, "I think it is 3.5 or so"]) == 0.5
+    # without "The answer is", the last integer counts (12 here, not the 6 or 2 before it; -3 keeps its sign)
+    assert arithmetic_accuracy([twelve, seven, seven], ["6 * 2 = 12", "8 minus 1 is 7", "It is 7, or 8"]) == 2 / 3
+    assert [answer_value(text) for text in ["6 * 2 = 12", "The answer is 9, not 12", "from -3", "no number"]] == [
+        12, 9, -3, None]
     assert trim_to_sentence("One. Two! Three is cut") == "One. Two!"
     assert trim_to_sentence("\n\nSure, here is the plan. First, we") == "Sure, here is the plan."
