@@ -116,16 +116,30 @@ def test_shieldgemma_policy_prompt_and_p_yes_match_transformers(tmp_path):
         assert found.verdicts[i] == (max(p_yes) > 0.5)
 
 
-def test_beaverdam_score_head_matches_transformers(tmp_path):
-    labels = {i: f"harm_{i}" for i in range(14)}
-    long_response = "and then " * 200  # cut at 256 tokens on the right: its EOS is lost
-    texts = all_texts("BEGINNING OF CONVERSATION: USER: ASSISTANT:", long_response)
-    hf, tokenizer = save_checkpoint(tmp_path, texts, transformers.LlamaConfig,
-                                    transformers.LlamaForSequenceClassification, num_labels=14, id2label=labels,
-                                    label2id={v: k for k, v in labels.items()},
+BEAVERDAM_LABELS = {i: f"harm_{i}" for i in range(14)}
+LONG_RESPONSE = "and then " * 200  # cut at 256 tokens on the right: its EOS is lost
+
+
+@pytest.fixture(scope="module")
+def beaverdam(tmp_path_factory):
+    """A tiny random 14-label LlamaForSequenceClassification checkpoint (multi-label) with its tokenizer."""
+    from jaxheads.data.loaders import load_builtin_records
+
+    folder = tmp_path_factory.mktemp("beaverdam")
+    harmful = [record["prompt"] for record in load_builtin_records("harmful")][:8]
+    texts = all_texts("BEGINNING OF CONVERSATION: USER: ASSISTANT:", LONG_RESPONSE, *harmful)
+    hf, tokenizer = save_checkpoint(folder, texts, transformers.LlamaConfig,
+                                    transformers.LlamaForSequenceClassification, num_labels=14,
+                                    id2label=BEAVERDAM_LABELS, label2id={v: k for k, v in BEAVERDAM_LABELS.items()},
                                     problem_type="multi_label_classification")
+    return folder, hf, tokenizer
+
+
+def test_beaverdam_score_head_matches_transformers(beaverdam):
+    folder, hf, tokenizer = beaverdam
+    labels, long_response = BEAVERDAM_LABELS, LONG_RESPONSE
+    judge = judges.load("beaverdam", folder, batch_size=8)
     prompts, responses = PROMPTS + ["go on"], RESPONSES + [long_response]
-    judge = judges.load("beaverdam", tmp_path, batch_size=8)
     assert judge.labels == [f"harm_{i}" for i in range(14)]
     rows = judge.encode(prompts, responses)
     found = judge.judge(prompts, responses)
@@ -318,3 +332,41 @@ def test_judge_specs_and_errors(tmp_path):
         judges.check("llamaguard", str(tmp_path / "missing"))
     with pytest.raises(DataError, match="needs --policy"):
         judges.check("shieldgemma", str(tmp_path))
+
+
+def test_evaluate_saves_model_judge_verdicts_and_judge_eval_rejudges_them(beaverdam, tiny_model_with_tokenizer,
+                                                                         tmp_path):
+    from jaxheads.configs import evaluate as evaluate_config
+    from jaxheads.configs import judge_eval as judge_eval_config
+    from jaxheads.errors import JaxheadsError
+    from jaxheads.jobs import evaluate, guard
+
+    folder = beaverdam[0]
+    config = evaluate_config.get_config()
+    config.update(model=str(tiny_model_with_tokenizer), limit=3, max_new_tokens=4, judge=f"beaverdam:{folder}",
+                  asr_protocol="surgery", out=str(tmp_path / "run"))
+    result = evaluate.run(config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    verdicts, scores = judges.load("beaverdam", folder)([r["query"] for r in records], [r["response"] for r in records])
+    assert [r["judge_verdict"] for r in records] == verdicts
+    assert [r["judge_score"] for r in records] == pytest.approx(list(scores), abs=1e-6)
+    assert result["judge"]["name"] == "beaverdam" and result["asr_protocol"] == "surgery"
+    assert result["asr"] == pytest.approx(np.mean(verdicts))
+    assert result["harmful_score"] == pytest.approx(100 * np.mean(verdicts))
+    saved = json.loads((tmp_path / "run" / "asr.json").read_text())
+    assert saved["by_judge"]["beaverdam"]["asr"] == result["asr"] and "keyword" in saved["by_judge"]
+
+    again = judge_eval_config.get_config()
+    again.update(judge=f"beaverdam:{folder}", dataset=str(tmp_path / "run" / "generations.jsonl"),
+                 out=str(tmp_path / "again"))
+    rejudged = guard.evaluate_judge(again)
+    lines = [json.loads(line) for line in (tmp_path / "again" / "judge.jsonl").read_text().splitlines()]
+    assert [line["judge_verdict"] for line in lines] == verdicts and rejudged["n"] == 3
+    assert rejudged["judge"]["name"] == "beaverdam" and rejudged["pairs_per_second"] > 0
+
+    config.update(asr_protocol="harmbench", out=str(tmp_path / "bad"))
+    with pytest.raises(JaxheadsError, match="--asr_protocol=harmbench judges with --judge=harmbench:DIR"):
+        evaluate.run(config)
+    config.update(asr_protocol="default", judge="keyword", policy="no harm")
+    with pytest.raises(JaxheadsError, match="--policy is a setting of a model judge"):
+        evaluate.run(config)
