@@ -155,8 +155,9 @@ def load_judge(config, model):
         mesh = parse_mesh(config.judge_mesh) if config.get("judge_mesh") else (
             device_mesh(config) if "mesh" in config else None)
         batch = config.get("eval_batch_size") or config.get("batch_size") or 16
+        rules = sharding_rules(config) if "mesh" in config else None
         return model_judges.load(*spec, **model_judge_options(config), dtype=config.dtype, mesh=mesh,
-                                 batch_size=batch, progress=True)
+                                 sharding=rules, batch_size=batch, progress=True)
     if not is_model_judge(config.judge):
         return make_judge(config.judge)
 

@@ -60,16 +60,18 @@ def check(kind: str, directory: str, template: str = "", policy: str = "", base:
 
 
 def load(kind: str, directory: str | os.PathLike, *, template: str | None = None, policy: str | None = None,
-         base: str | None = None, dtype: str = "float32", mesh: Mesh | None = None, batch_size: int = 16,
-         progress: bool = False) -> ModelJudge:
+         base: str | None = None, dtype: str = "float32", mesh: Mesh | None = None, sharding: str | None = None,
+         batch_size: int = 16, progress: bool = False) -> ModelJudge:
     """The `kind` judge of the checkpoint folder `directory` (a LoRA adapter folder is merged into its base on
-    load), on `mesh` (one device without)."""
+    load), on `mesh` (one device without) in the layout of the `sharding` rules (`jaxheads.load`'s; "tp" by
+    default), batches split over the mesh's data axis."""
     directory = str(directory)
     check(kind, directory, template or "", policy or "", base or "")
     if peft.is_adapter(os.path.expanduser(directory)):
-        model = peft.load_merged(directory, kind, base, dtype, mesh)
+        model = peft.load_merged(directory, kind, base, dtype, mesh, sharding)
     else:
-        model = load_checkpoint(directory, kind, dtype, mesh, MODEL_CLASSES.get(kind, "AutoModelForCausalLM"))
+        model = load_checkpoint(directory, kind, dtype, mesh, MODEL_CLASSES.get(kind, "AutoModelForCausalLM"),
+                                sharding)
     options = {"batch_size": batch_size, "mesh": mesh, "progress": progress}
     if "template" in OPTIONS[kind]:
         options["template"] = template

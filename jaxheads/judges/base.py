@@ -56,7 +56,7 @@ def check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> tuple[list[
 
 
 def load_checkpoint(directory: str | os.PathLike, kind: str, dtype: str = "float32", mesh: Mesh | None = None,
-                    model_class: str = "AutoModelForCausalLM"):
+                    model_class: str = "AutoModelForCausalLM", sharding: str | None = None):
     """The judge's checkpoint folder as a jaxheads `Model` on `mesh` (one device without). A folder with pickle
     weights only (`pytorch_model.bin`, ...) is refused with how to convert it to safetensors."""
     path = pathlib.Path(os.path.expanduser(str(directory)))
@@ -65,7 +65,7 @@ def load_checkpoint(directory: str | os.PathLike, kind: str, dtype: str = "float
     if not list(path.glob("*.safetensors")) and any((path / name).exists() for name in PICKLE_WEIGHTS):
         raise LoadError(f"--judge={kind}:{directory} holds pickle weights only, which jaxheads does not unpickle; "
                         + CONVERT.format(cls=model_class))
-    model = load(str(path), dtype=dtype, mesh=mesh)
+    model = load(str(path), dtype=dtype, mesh=mesh, sharding=sharding if mesh is not None else None)
     if model.tokenizer is None:
         raise LoadError(f"--judge={kind}:{directory} has no tokenizer (tokenizer.json or tokenizer_config.json)")
     return model

@@ -65,7 +65,8 @@ def lora_deltas(adapter: pathlib.Path, config: dict) -> dict[str, np.ndarray]:
     return deltas
 
 
-def load_merged(adapter_dir, kind: str, base: str | None = None, dtype: str = "float32", mesh=None) -> Model:
+def load_merged(adapter_dir, kind: str, base: str | None = None, dtype: str = "float32", mesh=None,
+                sharding: str | None = None) -> Model:
     """The base checkpoint with the adapter merged in, as a `Model` (its tokenizer: the adapter folder's, else the
     base's), placed on `mesh` when one is given. Its fingerprint is the base folder's and the adapter files'."""
     adapter = pathlib.Path(os.path.expanduser(str(adapter_dir)))
@@ -93,5 +94,5 @@ def load_merged(adapter_dir, kind: str, base: str | None = None, dtype: str = "f
     fingerprint = {**directory_fingerprint(base_dir), "adapter_sha256": digest.hexdigest(), "dtype": dtype}
     model = Model(name=f"{base_dir} + {adapter}", config=cfg, tokenizer=tokenizer, module=module,
                   fingerprint=fingerprint)
-    return model if mesh is None else model_on_mesh(model, mesh)
+    return model if mesh is None else model_on_mesh(model, mesh, sharding)
 
