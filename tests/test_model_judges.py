@@ -286,7 +286,7 @@ def test_strongreject_merges_lora_and_scores_as_transformers(tmp_path):
     assert rows[-1].count(tokenizer.bos_token_id) == 2 and len(rows[-1]) < 700
 
 
-WILDGUARD_FORMAT = "<s> user turn\n[INST] classify this\n\nHuman:\n{prompt}\n\nAI:\n{response}\n\n---\n\nAnswers: [/INST]\n"
+WILDGUARD_FORMAT = "user turn\n[INST] classify this\n\nHuman:\n{prompt}\n\nAI:\n{response}\n\n---\n\nAnswers: [/INST]\n"
 
 
 def test_wildguard_prompt_and_greedy_parse_match_transformers(tmp_path):
@@ -296,15 +296,16 @@ def test_wildguard_prompt_and_greedy_parse_match_transformers(tmp_path):
     hf, tokenizer = save_checkpoint(folder, all_texts("user turn INST classify this Human AI Answers - [ ] /"),
                                     transformers.MistralConfig, transformers.MistralForCausalLM, sliding_window=16)
     judge = judges.load("wildguard", folder, template=str(template))
-    rows = judge.encode(PROMPTS, RESPONSES)
-    found = judge.judge(PROMPTS, RESPONSES)
-    for row, prompt, response, detail, verdict in zip(rows, PROMPTS, RESPONSES, found.details, found.verdicts):
-        ids = tokenizer(WILDGUARD_FORMAT.format(prompt=prompt, response=response), add_special_tokens=False)["input_ids"]
+    prompts, responses = PROMPTS[:2], RESPONSES[:2]  # two pairs of 128 greedy tokens keep the test short
+    rows = judge.encode(prompts, responses)
+    found = judge.judge(prompts, responses)
+    for row, prompt, response, detail, verdict in zip(rows, prompts, responses, found.details, found.verdicts):
+        ids = tokenizer(WILDGUARD_FORMAT.format(prompt=prompt, response=response))["input_ids"]
         assert row == ids and row.count(tokenizer.bos_token_id) == 1
         with torch.no_grad():
-            out = hf.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
+            out = hf.generate(torch.tensor([ids]), max_new_tokens=128, do_sample=False,
                               pad_token_id=tokenizer.pad_token_id)
-        text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
         assert detail["text"] == text
         assert {k: detail[k] for k in parse_wildguard(text)} == parse_wildguard(text)
         assert verdict == (parse_wildguard(text)["harmful_response"] is True)
