@@ -371,3 +371,23 @@ def test_evaluate_saves_model_judge_verdicts_and_judge_eval_rejudges_them(beaver
     config.update(asr_protocol="default", judge="keyword", policy="no harm")
     with pytest.raises(JaxheadsError, match="--policy is a setting of a model judge"):
         evaluate.run(config)
+
+
+def test_the_fingerprint_holds_the_judge_files_and_the_template_content(tmp_path):
+    from jaxheads.configs import sahara_asr as sahara_asr_config
+    from jaxheads.jobs import common
+
+    folder = tmp_path / "cls"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    template = tmp_path / "eval_utils.py"
+    template.write_text(HARMBENCH_TEMPLATE)
+    config = sahara_asr_config.get_config()
+    plain = common.fingerprint("sahara_asr", config, {})
+    assert "judge_files" not in plain["settings"] and "asr_protocol" not in plain["settings"]
+    config.update(judge=f"harmbench:{folder}", judge_template=str(template))
+    first = common.fingerprint("sahara_asr", config, {})
+    template.write_text(HARMBENCH_TEMPLATE.replace("is this", "was this"))
+    second = common.fingerprint("sahara_asr", config, {})
+    assert first["settings"]["judge_files"]["files"][0][0] == "config.json"
+    assert first["settings"]["judge_files"]["template_sha256"] != second["settings"]["judge_files"]["template_sha256"]
