@@ -223,6 +223,19 @@ def test_harmbench_clip_prompt_and_label_match_transformers(tmp_path):
         label = harmbench_label(text)
         assert found.details[i]["text"] == text and found.details[i]["label"] == label and found.scores[i] == label and found.verdicts[i] == (label == 1)
     assert len(tokenizer.encode(judge.clip(long_generation))) == 512  # 511 words and the BOS
+    # judge eval reads a context column for the contextual behaviours
+    from jaxheads.configs import judge_eval as judge_eval_config
+    from jaxheads.jobs import guard
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "response": r, "context": c}) + "\n"
+                             for p, r, c in zip(prompts, responses, contexts)))
+    config = judge_eval_config.get_config()
+    config.update(judge=f"harmbench:{folder}", judge_template=str(template), dataset=str(pairs),
+                  out=str(tmp_path / "eval"))
+    guard.evaluate_judge(config)
+    lines = [json.loads(line) for line in (tmp_path / "eval" / "judge.jsonl").read_text().splitlines()]
+    assert [line["judge_details"] for line in lines] == found.details
     assert judges.behaviour_asr(["a", "a", "b"], [True, False, False]) == pytest.approx(0.25)
 
 
@@ -345,7 +358,7 @@ def test_evaluate_saves_model_judge_verdicts_and_judge_eval_rejudges_them(beaver
     folder = beaverdam[0]
     config = evaluate_config.get_config()
     config.update(model=str(tiny_model_with_tokenizer), limit=3, max_new_tokens=4, judge=f"beaverdam:{folder}",
-                  asr_protocol="surgery", out=str(tmp_path / "run"))
+                  asr_protocol="surgery", judge_mesh="1,1", out=str(tmp_path / "run"))
     result = evaluate.run(config)
     records = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
     verdicts, scores = judges.load("beaverdam", folder)([r["query"] for r in records], [r["response"] for r in records])

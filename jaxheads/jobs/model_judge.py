@@ -1,12 +1,14 @@
 """`jaxheads judge eval --judge=KIND:DIR`: a model judge (jaxheads.judges, docs/judges.md) re-judges saved
 (prompt, response) pairs without generating them again: a run's generations.jsonl (its `query` and `response`
 columns) or any .csv/.json/.jsonl file with prompt and response columns (and, optionally, a label column in the
-response judge's labels). Writes judge.jsonl (each pair's verdict, score and details next to it) and judge.json
+response judge's labels, and for HarmBench's contextual behaviours a `context` or `ContextString` column). Writes judge.jsonl (each pair's verdict, score and details next to it) and judge.json
 (the ASR by the protocol, the judge, its template file's hash, the throughput, and with labels how the verdicts
 agree with the harmful_compliance label)."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import time
 
@@ -22,6 +24,7 @@ from jaxheads.jobs import common
 from jaxheads.judges import behaviour_asr, is_spec
 
 LINES = "judge.jsonl"
+CONTEXT_COLUMNS = ("context", "ContextString")  # a HarmBench contextual behaviour's context
 __all__ = ["is_spec", "run"]
 
 
@@ -35,6 +38,23 @@ def agreement(verdicts, labels) -> dict:
             "precision": rate(tp, tp + fp), "recall": rate(tp, tp + fn), "positives": sum(truth)}
 
 
+def file_contexts(path: str, rows) -> list[str] | None:
+    """Each row's context (the first of CONTEXT_COLUMNS an entry has; "" for none) from a .csv/.json/.jsonl file,
+    or None when no entry has one."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".csv", ".json", ".jsonl") or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
+        if suffix == ".csv":
+            entries = list(csv.DictReader(handle))
+        elif suffix == ".json":
+            entries = json.load(handle)
+        else:
+            entries = [json.loads(line) for line in handle if line.strip()]
+    found = [next((str(entry[name]) for name in CONTEXT_COLUMNS if entry.get(name)), "") for entry in entries]
+    return [found[row.row] for row in rows] if any(found) else None
+
+
 def run(config) -> dict:
     """Judges the pairs of `config.dataset` with the model judge of `config.judge`; returns judge.json's content."""
     common.check_model_settings(config)
@@ -46,7 +66,8 @@ def run(config) -> dict:
         judge = common.load_judge(config, None)
         prompts, responses = [row.prompt for row in rows], [row.response for row in rows]
         started = time.perf_counter()
-        found = judge.judge(prompts, responses)
+        contexts = file_contexts(config.dataset, rows) if judge.kind == "harmbench" else None
+        found = judge.judge(prompts, responses, contexts=contexts) if contexts else judge.judge(prompts, responses)
         seconds = time.perf_counter() - started
         keyword = KeywordJudge()(prompts, responses)
         lines = []
