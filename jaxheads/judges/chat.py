@@ -11,8 +11,8 @@ a template wants is found by rendering a probe. The rendered text starts with th
 tokenized without the tokenizer's special tokens (with them a second BOS would go in front).
 
 ShieldGemma (2B, 9B) is asked with its chat template and one harm policy per call (`guideline=` of the
-template, `--policy`): P(`Yes`) / (P(`Yes`) + P(`No`)) at the last position is the probability that the
-response (with an assistant turn; the prompt alone without one) violates the policy. With several policies
+template, `--policy`), over the conversation [user: prompt, assistant: response]: P(`Yes`) / (P(`Yes`) + P(`No`))
+at the last position is the probability that the response violates the policy. With several policies
 (one per line of a `--policy` file) the score is the largest; the verdict is that score above 0.5."""
 
 from __future__ import annotations
