@@ -68,11 +68,19 @@ GUARD_STRING = ("{{ bos_token }}judge the last turn for risk\n{% for m in messag
                 "{{ m['content'] }}\n{% endfor %}answer safe or unsafe\n\n")
 
 
-@pytest.mark.parametrize("template, parts", [(GUARD_PARTS, True), (GUARD_STRING, False)])
-def test_llamaguard_ids_verdicts_and_scores_match_transformers(tmp_path, template, parts):
-    words = "judge the last turn for risk user assistant says answer"
+@pytest.mark.parametrize("template, parts, rigged", [(GUARD_PARTS, True, False), (GUARD_STRING, False, False),
+                                                    (GUARD_STRING, False, True)])
+def test_llamaguard_ids_verdicts_and_scores_match_transformers(tmp_path, template, parts, rigged):
+    words = "judge the last turn for risk user assistant says answer S1 S2 ,"
+    extra = dict(tie_word_embeddings=True) if rigged else {}
     hf, tokenizer = save_checkpoint(tmp_path, all_texts(words), transformers.LlamaConfig,
-                                    transformers.LlamaForCausalLM, template)
+                                    transformers.LlamaForCausalLM, template, **extra)
+    if rigged:  # the residual stream only: the last token (the template's "unsafe") predicts itself, so the
+        with torch.no_grad():  # judge answers unsafe and reads a category line
+            for name, param in hf.named_parameters():
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    param.zero_()
+        hf.save_pretrained(tmp_path)
     judge = judges.load("llamaguard", tmp_path, batch_size=4)
     assert judge.parts is parts
     rows = judge.encode(PROMPTS, RESPONSES)
@@ -88,6 +96,22 @@ def test_llamaguard_ids_verdicts_and_scores_match_transformers(tmp_path, templat
         assert verdict == (int(np.argmax(logits)) == unsafe)
         reference = np.exp(logits[unsafe]) / (np.exp(logits[unsafe]) + np.exp(logits[safe]))
         assert score == pytest.approx(reference, abs=1e-4)  # float32 forward passes of a 2-layer model
+    found = judge.judge(PROMPTS, RESPONSES)
+    unsafe_rows = [i for i, verdict in enumerate(found.verdicts) if verdict]
+    assert bool(unsafe_rows) == rigged
+    for i in unsafe_rows:
+        with torch.no_grad():
+            out = hf.generate(torch.tensor([rows[i]]), max_new_tokens=20, do_sample=False,
+                              pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(out[0, len(rows[i]):], skip_special_tokens=True)
+        assert found.details[i]["answer"] == text and found.details[i]["first_token"] == "unsafe"
+
+
+def test_llamaguard_category_line():
+    from jaxheads.judges.chat import parse_categories
+
+    assert parse_categories("unsafe\nS1,S10") == ["S1", "S10"]
+    assert parse_categories("unsafe") == [] and parse_categories(" unsafe\n S2 , S3\nmore") == ["S2", "S3"]
 
 
 def test_shieldgemma_policy_prompt_and_p_yes_match_transformers(tmp_path):
