@@ -52,7 +52,19 @@ FIELDS: dict[str, tuple[Any, str]] = {
                          "and rule, case-sensitive), guard (the shipped response judge: success = harmful_compliance) "
                          "or the folder of a `jaxheads judge train` run; both keyword judges are reported side by "
                          "side, a response judge's disagreements with the keyword judge go to "
-                         "judge_disagreements*.jsonl."),
+                         "judge_disagreements*.jsonl; or a model judge KIND:DIR (llamaguard, shieldgemma, "
+                         "beaverdam, harmbench, strongreject, wildguard; docs/judges.md)."),
+    "judge_template": ("", "The template file a model judge reads (--judge=harmbench|strongreject|wildguard:DIR): "
+                           "its authors' file, docs/judges.md says which and at which revision."),
+    "policy": ("", "--judge=shieldgemma:DIR: one harm policy, or a file with one policy per line."),
+    "judge_base": ("", "--judge=strongreject:ADAPTER: the base checkpoint folder of the LoRA adapter; empty = its "
+                       "adapter_config.json's base_model_name_or_path, when that is a local folder."),
+    "asr_protocol": ("default", "How the ASR is defined: default (the share of responses --judge calls attack "
+                                "successes), harmbench (--judge=harmbench:DIR, --max_new_tokens=512, the mean over "
+                                "behaviours) or surgery (--judge=beaverdam:DIR: the harmful score, 100 x the flagged "
+                                "share); recorded in every ASR file."),
+    "judge_mesh": ("", "The mesh 'data,model' of a model judge; empty = the run's own --mesh (every device "
+                       "data-parallel without one)."),
     "seed": (0, "Random seed."),
     "harmless": ("", "A harmless prompt set scored like the harmful one (same forms as --dataset); empty = none."),
     "specificity": (0.0, "λ: rank heads by their score on --dataset minus λ times their score on --harmless, so "
@@ -97,8 +109,9 @@ PROMPTS = ("dataset", "column", "limit", "prompt_format")
 ABLATION = ("ablation", "epsilon")
 SPECIFICITY = ("harmless", "specificity")
 SCAN = ("batch_size", "chunk_size", "mesh", "sharding")
-GENERATION = ("max_new_tokens", "judge", "batch_size", "mesh", "sharding")
-EVALUATION = ("eval_tokens", "judge", "eval_batch_size")
+MODEL_JUDGE = ("judge_template", "policy", "judge_base", "judge_mesh", "asr_protocol")  # the settings of a model judge
+GENERATION = ("max_new_tokens", "judge") + MODEL_JUDGE + ("batch_size", "mesh", "sharding")
+EVALUATION = ("eval_tokens", "judge") + MODEL_JUDGE + ("eval_batch_size",)
 
 
 def flag_value(value: Any) -> Any:

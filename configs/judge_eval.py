@@ -4,9 +4,11 @@ accuracy, per-label recall and precision and its agreement with the keyword judg
 from jaxheads.configs import common
 
 get_config, HELP = common.command(
-    ("judge", "model", "dtype", "dataset", "limit", "batch_size", "mesh", "disagreements", "out"),
+    ("judge",) + common.MODEL_JUDGE + ("model", "dtype", "dataset", "limit", "batch_size", "mesh", "disagreements",
+                                       "out"),
     judge=("guard", "The response judge: guard (the adapter shipped for the embedded default model) or the folder a "
-                    "`jaxheads judge train` run wrote."),
+                    "`jaxheads judge train` run wrote; or a model judge KIND:DIR (docs/judges.md), which re-judges "
+                    "the pairs (e.g. a run's generations.jsonl) into judge.json and judge.jsonl."),
     model=("", "The judge's model; empty = the model its adapter was trained on (the embedded default for the "
                "shipped judge)."),
     dataset=("builtin:judge:heldout", "(prompt, response) pairs: builtin:judge (optionally :train or :heldout) or a "

@@ -122,12 +122,18 @@ def test_every_package_folder_is_installed():
 # gathered into one table (launch/cli.py) and the configs into shared fields (configs/common.py).
 FLAGS_BEFORE = json.loads((REPO / "tests" / "data" / "flags_46e6e15.json").read_text())
 # command -> {flag: shown default} of the flags added since: the sharding rules (docs/scaling.md) on every command
-# that runs on a mesh, and the mesh on the two that had none.
+# that runs on a mesh, the mesh on the two that had none, and the model-judge settings (docs/judges.md) on every
+# command that reports an ASR.
 FLAGS_ADDED = {**{command: {"sharding": "'tp'"} for command in (
                    "ships", "sahara", "evaluate", "sahara_asr", "utility")},
                **{command: {"sharding": "'tp'", "remat": "true"} for command in (
                    "align", "finetune", "guard_train", "judge_train")},
                "patterns": {"mesh": "''", "sharding": "'tp'"}, "sink": {"mesh": "''", "sharding": "'tp'"},
+               **{command: {"judge_template": "''", "policy": "''", "judge_base": "''", "judge_mesh": "''",
+                            "asr_protocol": "'default'", **({"sharding": "'tp'"} if command in (
+                                "evaluate", "sahara_asr", "utility") else {"sharding": "'tp'", "remat": "true"}
+                                if command in ("align", "finetune") else {})}
+                  for command in ("evaluate", "sahara_asr", "utility", "align", "finetune", "judge_eval")},
                "plan": {"sharding": "''", "topology": "''", "slices": "1",
                         "programs": "'ships,sahara,generate,train,train_lora'", "new_tokens": "64", "train_batch": "8",
                         "lora_rank": "16"}}

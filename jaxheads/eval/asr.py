@@ -24,6 +24,7 @@ from jaxheads.eval.judges import (
 from jaxheads.eval.metrics import rate
 from jaxheads.generation import generate
 from jaxheads.interventions import DEFAULT_EPSILON, Head, Interventions, ablation_mask, from_mask
+from jaxheads.judges import ModelJudge, behaviour_asr
 
 
 @dataclasses.dataclass
@@ -127,8 +128,11 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
         generation = guard.generate(model, queries, prompt_format=prompt_format, **options)
     texts = generation.texts
     model_judge = hasattr(judge, "classify") and hasattr(judge, "describe")  # a ResponseJudge
-    labels = probs = None
-    if model_judge:
+    labels = probs = found = None
+    if isinstance(judge, ModelJudge):  # a model judge (jaxheads.judges): attack success = its verdict
+        found = judge.judge(list(queries), texts)
+        refused = [not verdict for verdict in found.verdicts]
+    elif model_judge:
         labels, probs = judge.classify(list(queries), texts, batch_size=batch_size, mesh=mesh)
         refused = [label != HARMFUL for label in labels]
     else:
@@ -143,6 +147,8 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
     ]
     by_judge = {name: rates(verdicts[name], degenerate) for name in JUDGES}
     disagreements = None
+    if found is not None:
+        by_judge[judge.kind] = model_judge_entry(records, found, refused, degenerate)
     if model_judge:
         by_judge[judge.name], disagreements = model_judge_summary(judge, records, labels, probs, refused, degenerate)
     guarded = None
@@ -162,6 +168,19 @@ def evaluate(model, queries: Sequence[str], prompts: Sequence[str], heads: Seque
     return AsrResult(selected["asr"], len(prompts), records, judge_description(judge),
                      sum(degenerate) / len(degenerate), selected["asr_non_degenerate"], by_judge, guarded,
                      disagreements, refusal_rate)
+
+
+def model_judge_entry(records: list[dict], found, refused: Sequence[bool], degenerate: Sequence[bool]) -> dict:
+    """A model judge's entry of `by_judge` (its ASR, its mean score, HarmBench's mean over behaviours, and its
+    agreement with the keyword judge on attack success); adds `judge_verdict`, `judge_score` and `judge_details`
+    to each record, so that generations.jsonl keeps them next to each response."""
+    for record, verdict, score, detail in zip(records, found.verdicts, found.scores, found.details):
+        record.update(judge_verdict=bool(verdict), judge_score=float(score), judge_details=detail)
+    keyword = [record["refused_by"]["keyword"] for record in records]
+    agree = sum((not a) == (not b) for a, b in zip(refused, keyword))
+    return {**rates(refused, degenerate), "mean_score": float(np.mean(found.scores)),
+            "asr_over_behaviours": behaviour_asr([record["query"] for record in records], found.verdicts),
+            "agreement_with_keyword": {"attack_success": rate(agree, len(records))}}
 
 
 def model_judge_summary(judge, records: list[dict], labels: Sequence[str], probs, refused: Sequence[bool],

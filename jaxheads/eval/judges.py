@@ -19,6 +19,7 @@ from typing import Protocol, Sequence
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxheads import judges as model_judges
 from jaxheads.classifier import ADAPTER_META, ADAPTER_WEIGHTS, Adapter, Classifier, Task
 from jaxheads.data.labels import HARMFUL, JUDGE_LABELS, NON_ANSWER
 from jaxheads.errors import DataError, LoadError
@@ -160,6 +161,8 @@ def make_judge(name: str, model=None, dtype: str = "float32", mesh=None) -> Judg
         return KeywordJudge()
     if name == "reference":
         return ReferenceJudge()
+    if model_judges.is_spec(name):  # KIND:DIR, a model judge of docs/judges.md (without template or policy)
+        return model_judges.load(*model_judges.parse_spec(name), dtype=dtype, mesh=mesh)
     if name == BUILTIN_JUDGE or (name and os.path.isdir(os.path.expanduser(name))):
         return load_judge(name, model=model, dtype=dtype, mesh=mesh)
     raise DataError(f"unknown judge {name!r}; choose one of {', '.join(JUDGES)}, {BUILTIN_JUDGE} (the shipped response "

@@ -122,7 +122,7 @@ def run(config) -> dict:
                   "num_examples": len(examples), "num_harmful_train": len(harmful),
                   "num_harmless_train": len(harmless), "prompt_formats": formats, "steps": result.step,
                   "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started,
-                  "judge": judge_description(judge), "settings": config.to_dict()}
+                  "judge": judge_description(judge), "asr_protocol": config.asr_protocol, "settings": config.to_dict()}
         common.write_result(config.out, "align.json", output)
     print(f"wrote {config.out}/align.json and the aligned model {model_dir} ({output['total_seconds']:.0f} s)")
     return output

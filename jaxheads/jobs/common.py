@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from jaxheads import io
+from jaxheads import judges as model_judges
 from jaxheads.data.formats import PROMPT_FORMATS, format_prompt
 from jaxheads.data.loaders import load_prompt_rows
 from jaxheads.errors import DataError, JaxheadsError
@@ -34,7 +35,8 @@ from jaxheads.weights.digest import file_digest
 
 # Settings that only place work on devices, decide when to save, or name the output: they may change between a
 # run and its resume without changing a result.
-PLACEMENT = ("out", "mesh", "sharding", "chunk_size", "fsdp", "save_every", "keep_checkpoints", "verify_weights")
+PLACEMENT = ("out", "mesh", "sharding", "chunk_size", "fsdp", "save_every", "keep_checkpoints", "verify_weights",
+             "judge_mesh")
 # Settings that name a model: recorded as `loading.model_name` makes them (`--model=M/` is `--model=M`).
 MODEL_SETTINGS = ("model", "base_model", "answers_model")
 DTYPE_NAMES = ("float32", "bfloat16")
@@ -76,9 +78,80 @@ def check_judge(config) -> None:
     """--judge: keyword, reference, guard (the shipped response judge) or the folder of a `jaxheads judge train` run,
     whose adapter is checked to be a response judge before any work."""
     require(config, "judge", isinstance(config.judge, str) and bool(config.judge.strip()),
-            f"one of {', '.join(JUDGES)}, {BUILTIN_JUDGE} or a `jaxheads judge train` folder")
+            f"one of {', '.join(JUDGES)}, {BUILTIN_JUDGE}, a `jaxheads judge train` folder or KIND:DIR of a model "
+            f"judge ({', '.join(model_judges.KINDS)})")
+    check_protocol(config)
+    spec = model_judges.parse_spec(config.judge)
+    if spec is not None:
+        model_judges.check(*spec, **model_judge_options(config))
+        if config.get("judge_mesh"):
+            parse_mesh(config.judge_mesh)
+        return
+    unused = [name for name in model_judges_flags(config) if config.get(name)]
+    if unused:
+        raise JaxheadsError(f"--{unused[0]} is a setting of a model judge (--judge=KIND:DIR); --judge={config.judge} "
+                            "takes none")
     if is_model_judge(config.judge):
         judge_adapter(config.judge)
+
+
+ASR_PROTOCOLS = {"default": None, "harmbench": "harmbench", "surgery": "beaverdam"}  # protocol -> the judge it needs
+HARMBENCH_NEW_TOKENS = 512
+
+
+def check_protocol(config) -> None:
+    """--asr_protocol: default, or harmbench / surgery with the judge (and, for harmbench, the 512 new tokens)
+    the protocol is defined with."""
+    if "asr_protocol" not in config:
+        return
+    require_choice(config, "asr_protocol", tuple(ASR_PROTOCOLS))
+    needed = ASR_PROTOCOLS[config.asr_protocol]
+    spec = model_judges.parse_spec(config.judge) if isinstance(config.judge, str) else None
+    if needed and (spec is None or spec[0] != needed):
+        raise JaxheadsError(f"--asr_protocol={config.asr_protocol} judges with --judge={needed}:DIR, got "
+                            f"--judge={config.judge}")
+    tokens = config.get("max_new_tokens", config.get("eval_tokens"))
+    if config.asr_protocol == "harmbench" and tokens is not None and tokens != HARMBENCH_NEW_TOKENS:
+        flag = "max_new_tokens" if "max_new_tokens" in config else "eval_tokens"
+        raise JaxheadsError(f"--asr_protocol=harmbench generates {HARMBENCH_NEW_TOKENS} new tokens per behaviour; "
+                            f"pass --{flag}={HARMBENCH_NEW_TOKENS} (got {tokens})")
+
+
+def protocol_fields(config, by_judge: dict) -> dict:
+    """What an ASR file records about its protocol, and the protocol's headline number."""
+    protocol = config.get("asr_protocol", "default")
+    fields = {"asr_protocol": protocol}
+    if protocol == "harmbench":
+        fields["asr_harmbench"] = by_judge["harmbench"]["asr_over_behaviours"]
+    elif protocol == "surgery":
+        fields["harmful_score"] = 100.0 * by_judge["beaverdam"]["asr"]
+    return fields
+
+
+def model_judges_flags(config) -> list[str]:
+    return [name for name in ("judge_template", "policy", "judge_base", "judge_mesh") if name in config]
+
+
+def model_judge_options(config) -> dict:
+    """--judge_template, --policy and --judge_base as `jaxheads.judges.check`/`load` take them."""
+    return {"template": config.get("judge_template", ""), "policy": config.get("policy", ""),
+            "base": config.get("judge_base", "")}
+
+
+def judge_fingerprint(config) -> dict | None:
+    """What a model judge's verdicts depend on beyond its flags: its checkpoint files and its template file's
+    content (a file replaced at the same path must not resume a run judged with the old one)."""
+    spec = model_judges.parse_spec(config.get("judge", "")) if isinstance(config.get("judge"), str) else None
+    if spec is None:
+        return None
+    folder = os.path.expanduser(spec[1])
+    files = sorted(name for name in os.listdir(folder) if name.endswith((".json", ".safetensors", ".model", ".jinja")))
+    found = {"files": [[name, os.path.getsize(os.path.join(folder, name)), os.stat(os.path.join(folder, name))
+                        .st_mtime_ns] for name in files]}
+    if config.get("judge_template"):
+        with open(os.path.expanduser(config.judge_template), "rb") as handle:
+            found["template_sha256"] = model_judges.base.sha256(handle.read())
+    return found
 
 
 def adapter_spec(spec: str) -> str:
@@ -90,6 +163,14 @@ def load_judge(config, model):
     """The judge of `--judge`, made once per run: a keyword judge, or a response judge whose classifier shares
     `model`'s weights when its adapter was trained on the model the run loaded (`--model`), and otherwise runs on
     the model the adapter records (loaded once here)."""
+    spec = model_judges.parse_spec(config.judge)
+    if spec is not None:
+        mesh = parse_mesh(config.judge_mesh) if config.get("judge_mesh") else (
+            device_mesh(config) if "mesh" in config else None)
+        batch = config.get("eval_batch_size") or config.get("batch_size") or 16
+        rules = sharding_rules(config) if "mesh" in config else None
+        return model_judges.load(*spec, **model_judge_options(config), dtype=config.dtype, mesh=mesh,
+                                 sharding=rules, batch_size=batch, progress=True)
     if not is_model_judge(config.judge):
         return make_judge(config.judge)
 
@@ -218,6 +299,12 @@ def fingerprint(job: str, config, models: dict[str, Any], data: dict[str, Any] |
             for name, value in (data or {}).items()}
     settings = {name: model_name(value) if name in MODEL_SETTINGS and value else value
                 for name, value in config.items() if name not in PLACEMENT and name not in exclude}
+    # a model judge's settings at their defaults are left out, so runs from before they existed still resume
+    settings = {name: value for name, value in settings.items()
+                if not (name in model_judges_flags(config) + ["asr_protocol"] and value in ("", "default"))}
+    judged = judge_fingerprint(config) if "judge" in config and "judge" not in exclude else None
+    if judged is not None:
+        settings["judge_files"] = judged
     return {"job": job, "models": {role: {"name": model.name, **model.fingerprint} for role, model in models.items()},
             "data": data, "settings": settings}
 

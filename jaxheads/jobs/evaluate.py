@@ -70,7 +70,7 @@ def run(config) -> dict:
         common.write_disagreements(os.path.join(config.out, DISAGREEMENTS), result)
         ablated = f"top-{config.top_k} per prompt" if per_prompt else [list(head) for head in heads]
         output = {**common.shape_fields(model, result.n), "dataset": dataset, **result.summary(),
-                  "ablated": ablated, "ablation": config.ablation, "epsilon": config.epsilon,
+                  "ablated": ablated, **common.protocol_fields(config, result.by_judge), "ablation": config.ablation, "epsilon": config.epsilon,
                   "generation": generation_settings(config), "settings": config.to_dict()}
         common.write_result(config.out, "asr.json", output)
     if guard is not None:

@@ -136,7 +136,7 @@ def run(config) -> dict:
                                                                  "paired": pairs.paired},
                   "axes": {"positive_heads": ["record", "step, count"]}, "hs_prompts": harm["n"],
                   "fa_problems": len(heldout), "steps": result.step,
-                  "judge": judge_description(judge), "hs_detail": harm,
+                  "judge": judge_description(judge), "asr_protocol": config.asr_protocol, "hs_detail": harm,
                   "total_seconds": time.perf_counter() - started, "settings": config.to_dict()}
         common.write_result(config.out, "finetune.json", output)
     print(f"HS {output['hs']:.3f}, FA {output['fa']:.3f}, positive heads {counts[-1][1] if counts else 'n/a'}; "

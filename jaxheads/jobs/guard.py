@@ -36,7 +36,7 @@ from jaxheads.eval import metrics as metrics_lib
 from jaxheads.eval.judges import KeywordJudge
 from jaxheads.eval.metrics import format_rate
 from jaxheads.guard import TIERS, load_guard
-from jaxheads.jobs import common, training
+from jaxheads.jobs import common, model_judge, training
 
 
 def check_classify_config(config) -> None:
@@ -382,6 +382,8 @@ def judge_and_write(judge, rows, out: str, config, dataset: str, batch_size: int
 def evaluate_judge(config) -> dict:
     """Labels a set of (prompt, response) pairs with a response judge; returns the contents of judge.json (with the
     metrics when the set is labelled)."""
+    if model_judge.is_spec(config.judge):  # a model judge (docs/judges.md) re-judges the pairs
+        return model_judge.run(config)
     common.check_model_settings(config)
     common.require_int(config, "batch_size")
     common.require_int(config, "limit", "disagreements", minimum=0)

@@ -117,7 +117,7 @@ def run(config) -> dict:
                   "heads_from": os.path.abspath(config.top_k_from or config.sahara),
                   "chosen": "each prompt's own top k" if per_prompt else "Sahara's first k",
                   "ablation": config.ablation, "epsilon": config.epsilon,
-                  "judge": asr.judge_description(judge),
+                  "judge": asr.judge_description(judge), "asr_protocol": config.asr_protocol,
                   "generation": generation_settings(config),
                   "axes": {name: ["k"] for name in ("sahara", "random_mean", "random_std")}, **table,
                   "degenerate_share": summary(records, max_heads, "degenerate_share"),

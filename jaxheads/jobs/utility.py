@@ -137,7 +137,7 @@ def run(config) -> dict:
                                       "examples": len(examples), "empty_answers_left_out": empty,
                                       "answer_tokens": sum(len(e.ids) - e.prompt_length for e in examples)},
                   "arithmetic": {"problems": len(problems), "seed": config.problem_seed},
-                  "judge": asr.judge_description(judge), "generation": generation_settings(config),
+                  "judge": asr.judge_description(judge), "asr_protocol": config.asr_protocol, "generation": generation_settings(config),
                   "axes": {f"summary.{measure}.{key}": ["k"] for measure in MEASURES
                            for key in ("chosen", "random_mean", "random_std")},
                   "summary": table, "evaluations": records, "settings": config.to_dict()}

@@ -64,6 +64,15 @@ class ModelConfig:
     local_window: int | None = None
     local_layers: tuple[bool, ...] = ()  # [L] True for sliding-window (local) layers
     local_rope_theta: float | None = None  # RoPE base of the local layers (None: rope_theta, no scaling)
+    # A sequence classifier (architectures `*ForSequenceClassification`): its label count (0: a causal LM) and
+    # how its scores become probabilities (multi_label_classification: sigmoid per label; else softmax).
+    num_labels: int = 0
+    problem_type: str | None = None
+
+    @property
+    def has_lm_head(self) -> bool:
+        """Whether the checkpoint has its own LM head (untied, and not a sequence classifier)."""
+        return not self.tie_word_embeddings and not self.num_labels
 
     @property
     def group_size(self) -> int:
@@ -152,4 +161,16 @@ def config_from_hf(hf: Any) -> ModelConfig:
         eos_token_ids=eos_ids,
         pad_token_id=_get(hf, "pad_token_id"),
         **family_fields,
+        **classifier_fields(hf),
     )
+
+
+def classifier_fields(hf: Any) -> dict[str, Any]:
+    """`num_labels` and `problem_type` of a `*ForSequenceClassification` checkpoint (its labels counted as
+    `transformers` counts them: `id2label`, else `num_labels`, else 2); nothing for a causal LM."""
+    architectures = _get(hf, "architectures") or ()
+    if not any(str(name).endswith("ForSequenceClassification") for name in architectures):
+        return {}
+    id2label = _get(hf, "id2label")
+    count = len(id2label) if id2label else (_get(hf, "num_labels") or 2)
+    return {"num_labels": int(count), "problem_type": _get(hf, "problem_type")}

@@ -236,6 +236,23 @@ class Decoder(nnx.Module):
             logits = constrain(self.layout, logits, ("batch",) + (None,) * (logits.ndim - 2) + ("act_vocab",))
         return soft_cap(logits, self.config.final_logit_softcap)
 
+    def classify(self, input_ids: jax.Array, attention_mask: jax.Array, pad_token_id: int | None) -> jax.Array:
+        """A sequence classifier's float32 label logits `[B, num_labels]` (its `score` head on the final-norm
+        output), read as `transformers`' `*ForSequenceClassification` reads them: at each row's last token whose
+        id is not `pad_token_id` (every row's last slot when it is None), whichever side the rows are padded on."""
+        if not self.config.num_labels:
+            raise ValueError("classify needs a sequence-classification checkpoint (num_labels > 0)")
+        attention_mask = attention_mask.astype(bool)
+        h = self.run_layers(self.embed_tokens(input_ids), positions_from_mask(attention_mask),
+                            prompt_attention_mask(self.config, attention_mask)).h
+        slots = jnp.arange(input_ids.shape[1])
+        if pad_token_id is None:
+            last = jnp.full(input_ids.shape[:1], input_ids.shape[1] - 1)
+        else:
+            last = jnp.argmax(slots * (input_ids != pad_token_id), axis=-1)
+        pooled = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+        return jnp.einsum("bD,KD->bK", self.final_hidden(pooled), self.score[...]).astype(jnp.float32)
+
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  heads: Interventions | None = None) -> jax.Array:
         """float32 logits `[B, T, V]` for (left-padded) `input_ids: [B, T]` with interventions `heads`."""

@@ -6,7 +6,7 @@ export (`checkpoint_names`), the GGUF name maps (`gguf_names`), and the partitio
 `jaxheads.sharding` makes from the logical axes by the rules of a layout (logical axis -> mesh axes).
 
 Logical axes: `layers` (L, the stacked layer axis), `vocab` (V), `embed` (D, the hidden size), `heads` (N query
-heads), `kv_heads` (K), `head_dim` (d), `mlp` (F). Layouts of the Hugging Face tensors (torch `[out, in]`):
+heads), `kv_heads` (K), `head_dim` (d), `mlp` (F), `labels` (a sequence classifier's outputs). Layouts of the Hugging Face tensors (torch `[out, in]`):
 `none` (as stored), `transpose` (`[F, D]` -> `[D, F]`), `in_heads` (`[H*d, D]` -> `[D, H, d]`), `out_heads`
 (`[D, N*d]` -> `[N, d, D]`), `heads` (a bias `[H*d]` -> `[H, d]`).
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxheads.models.config import ModelConfig
 
-AXES = ("layers", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp")
+AXES = ("layers", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,10 @@ _BLOCK = "blk.{i}."
 PARAMS = (
     Param("embed", ("vocab", "embed"), "model.embed_tokens.weight", gguf="token_embd.weight"),
     Param("final_norm", ("embed",), "model.norm.weight", gguf="output_norm.weight", norm=True),
-    Param("lm_head", ("vocab", "embed"), "lm_head.weight", gguf="output.weight", when="!tie_word_embeddings"),
+    Param("lm_head", ("vocab", "embed"), "lm_head.weight", gguf="output.weight", when="has_lm_head"),
+    # A sequence classifier (`LlamaForSequenceClassification`, ...): a bias-free `[labels, D]` head on the final
+    # norm's output of the last non-pad token, instead of the LM head (`Decoder.classify`).
+    Param("score", ("labels", "embed"), "score.weight", when="num_labels"),
     Param("attn_norm", ("layers", "embed"), _LAYER + "input_layernorm.weight", gguf=_BLOCK + "attn_norm.weight",
           norm=True),
     Param("q", ("layers", "embed", "heads", "head_dim"), _LAYER + "self_attn.q_proj.weight", "in_heads",
@@ -106,7 +109,8 @@ def params(cfg: ModelConfig) -> dict[str, Param]:
 def axis_sizes(cfg: ModelConfig) -> dict[str, int]:
     """The size of each logical axis for `cfg`."""
     return {"layers": cfg.num_layers, "vocab": cfg.vocab_size, "embed": cfg.hidden_size, "heads": cfg.num_heads,
-            "kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "mlp": cfg.intermediate_size}
+            "kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "mlp": cfg.intermediate_size,
+            "labels": cfg.num_labels}
 
 
 def shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
