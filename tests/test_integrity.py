@@ -21,7 +21,8 @@ from jaxheads.configs import ships as ships_config
 from jaxheads.configs import utility as utility_config
 from jaxheads.data.loaders import load_prompt_rows
 from jaxheads.errors import DataError, JaxheadsError
-from jaxheads.jobs import common, compare, evaluate, patterns, sahara_asr, ships, utility
+from jaxheads.jobs import compare, evaluate, patterns, sahara_asr, ships, utility
+from jaxheads.jobs.heads import read_head_file
 
 LOG = "ships.partial.jsonl"
 
@@ -198,7 +199,7 @@ def test_head_files_that_hold_the_wrong_kind_of_heads_are_clear_errors(scanned, 
                                  out=str(tmp_path / "c")))
     # the same files at another spelling of the path, in another dtype: the same model
     same = jaxheads.load(f"{scanned[0] / 'model'}/", dtype="bfloat16")
-    assert common.read_head_file(str(head_files["ships"]), "top_k_from", same, need="query")["level"] == "query"
+    assert read_head_file(str(head_files["ships"]), "top_k_from", same, need="query")["level"] == "query"
 
 
 # ---- readers ----

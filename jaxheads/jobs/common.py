@@ -138,16 +138,23 @@ def model_judge_options(config) -> dict:
             "base": config.get("judge_base", "")}
 
 
-def judge_fingerprint(config) -> dict | None:
-    """What a model judge's verdicts depend on beyond its flags: its checkpoint files and its template file's
-    content (a file replaced at the same path must not resume a run judged with the old one)."""
+def model_judge_fingerprint(config) -> dict | None:
+    """What a model judge's verdicts depend on beyond its flags: the content digests of its checkpoint files (and of
+    `--judge_base`'s, for an adapter merged on load) and its template file's content (a file replaced at the same
+    path, or weights swapped at the same size and mtime, must not resume a run judged with the old ones)."""
     spec = model_judges.parse_spec(config.get("judge", "")) if isinstance(config.get("judge"), str) else None
     if spec is None:
         return None
-    folder = os.path.expanduser(spec[1])
-    files = sorted(name for name in os.listdir(folder) if name.endswith((".json", ".safetensors", ".model", ".jinja")))
-    found = {"files": [[name, os.path.getsize(os.path.join(folder, name)), os.stat(os.path.join(folder, name))
-                        .st_mtime_ns] for name in files]}
+
+    def digests(folder):
+        folder = os.path.expanduser(folder)
+        files = sorted(name for name in os.listdir(folder)
+                       if name.endswith((".json", ".safetensors", ".model", ".jinja")))
+        return [[name, file_digest(os.path.join(folder, name))] for name in files]
+
+    found = {"files": digests(spec[1])}
+    if config.get("judge_base") and os.path.isdir(os.path.expanduser(config.judge_base)):
+        found["base_files"] = digests(config.judge_base)
     if config.get("judge_template"):
         with open(os.path.expanduser(config.judge_template), "rb") as handle:
             found["template_sha256"] = model_judges.base.sha256(handle.read())
@@ -302,7 +309,7 @@ def fingerprint(job: str, config, models: dict[str, Any], data: dict[str, Any] |
     # a model judge's settings at their defaults are left out, so runs from before they existed still resume
     settings = {name: value for name, value in settings.items()
                 if not (name in model_judges_flags(config) + ["asr_protocol"] and value in ("", "default"))}
-    judged = judge_fingerprint(config) if "judge" in config and "judge" not in exclude else None
+    judged = model_judge_fingerprint(config) if "judge" in config and "judge" not in exclude else None
     if judged is not None:
         settings["judge_files"] = judged
     return {"job": job, "models": {role: {"name": model.name, **model.fingerprint} for role, model in models.items()},
@@ -341,53 +348,6 @@ def shape_fields(model, num_prompts: int | None = None) -> dict:
     if num_prompts is not None:
         fields["num_prompts"] = num_prompts
     return fields
-
-
-def read_head_file(path: str, flag: str, model, need: str | None = None) -> dict:
-    """A head file (ships.json, sahara.json) that `--flag` names, checked to be of `model` (`check_head_file`) and,
-    with `need`, to hold chosen heads ("heads": a sahara.json) or query-level scores ("query": a query-level
-    ships.json, `[prompt, layer, head]`)."""
-    result = io.read_json(path)
-    if not isinstance(result, dict):
-        raise DataError(f"--{flag}={path} holds a JSON {type(result).__name__}, not a jaxheads result file")
-    check_head_file(result, path, flag, model)
-    if need == "heads":
-        heads = result.get("heads")
-        if not isinstance(heads, list) or not all(isinstance(head, list) and len(head) == 2 for head in heads):
-            what = "a ships.json (scores per head, no chosen heads)" if "scores" in result else "not a sahara.json"
-            raise DataError(f"--{flag}={path} is {what}: it has no list of [layer, head] pairs under \"heads\"; give "
-                            "the sahara.json that jaxheads sahara writes (a ships.json's heads are --top_k_from)")
-    if need == "query":
-        scores = np.asarray(result.get("scores", []), dtype=object)
-        if result.get("level", "query") != "query" or scores.ndim != 3 or "queries" not in result:
-            level = result.get("level") or ("a sahara.json" if "heads" in result else "unknown")
-            raise DataError(f"--{flag}={path} holds no query-level scores [prompt, layer, head] (its level is "
-                            f"{level}); each prompt's own top heads need a ships.json of `jaxheads ships "
-                            "--level=query`")
-    return result
-
-
-def check_head_file(result: dict, path: str, flag: str, model) -> None:
-    """A head file (ships.json, sahara.json) is of `model`: the same `model_fingerprint` when the file records one
-    (the same files, loaded from any path in any dtype), else the same model name; and the same number of layers
-    and heads. Raises a one-line error naming the file and both models otherwise. A file that records none of
-    these (a list of heads written by hand) is only checked head by head, against the model's shape, later."""
-    shape = (result.get("num_layers"), result.get("num_heads"))
-    here = (model.config.num_layers, model.config.num_heads)
-    if shape == (None, None) and "model" not in result and "model_fingerprint" not in result:
-        return
-    recorded = result.get("model", "(no model recorded)")
-    described = f"model {recorded} ({shape[0]} layers x {shape[1]} heads)"
-    other = f"not of the model this run loads, {model.name} ({here[0]} layers x {here[1]} heads)"
-    if shape != here:
-        raise DataError(f"--{flag}={path} was computed on {described}, {other}; compute it on this model")
-    if "model_fingerprint" in result:
-        if result["model_fingerprint"] != model_identity(model):
-            raise DataError(f"--{flag}={path} was computed on {described} whose files differ from those of the "
-                            f"model this run loads, {model.name} (model_fingerprint {result['model_fingerprint'][:12]}"
-                            f" vs {model_identity(model)[:12]}); compute it on this model")
-    elif model_name(str(recorded)) != model_name(model.name):
-        raise DataError(f"--{flag}={path} was computed on {described}, {other}; compute it on this model")
 
 
 def write_result(out: str, name: str, result: dict) -> str:

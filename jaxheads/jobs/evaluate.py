@@ -15,6 +15,7 @@ from jaxheads.errors import JaxheadsError
 from jaxheads.eval import asr, judges
 from jaxheads.interventions import parse_heads
 from jaxheads.jobs import common
+from jaxheads.jobs.heads import read_head_file
 
 DISAGREEMENTS = "judge_disagreements.jsonl"  # with a response judge: where it and the keyword judge disagree
 
@@ -39,7 +40,7 @@ def run(config) -> dict:
         model = common.load_model(config)
         per_prompt = bool(config.top_k_from)
         if per_prompt:
-            ships = common.read_head_file(config.top_k_from, "top_k_from", model, need="query")
+            ships = read_head_file(config.top_k_from, "top_k_from", model, need="query")
             count = config.limit or len(ships["queries"])
             queries, prompts = ships["queries"][:count], ships["prompts"][:count]
             heads = asr.top_heads_per_prompt(np.array(ships["scores"])[:len(prompts)], config.top_k)
@@ -49,7 +50,7 @@ def run(config) -> dict:
             queries, prompts, dataset = data.queries, data.prompts, config.dataset
             heads = parse_heads(config.ablate, "--ablate")
             if config.ablate_from:
-                sahara = common.read_head_file(config.ablate_from, "ablate_from", model, need="heads")
+                sahara = read_head_file(config.ablate_from, "ablate_from", model, need="heads")
                 heads += [tuple(head) for head in sahara["heads"]]
         prompt_format = config.prompt_format
         if per_prompt:  # the ships.json's prompts were formatted by its own run

@@ -14,6 +14,7 @@ from jaxheads import io, plots
 from jaxheads.errors import JaxheadsError
 from jaxheads.interventions import check_heads, parse_heads
 from jaxheads.jobs import common
+from jaxheads.jobs.heads import read_head_file
 from jaxheads.patterns import attention_patterns
 from jaxheads.sharding import to_host
 from jaxheads.tokens import pad_id, pad_left
@@ -87,7 +88,7 @@ def run(config) -> dict:
     with io.RunFolder(config.out) as folder:
         model = common.load_model(config)
         if config.heads_from:
-            common.read_head_file(config.heads_from, "heads_from", model)
+            read_head_file(config.heads_from, "heads_from", model)
         heads = check_heads(heads, model.config.num_layers, model.config.num_heads)
         sets = {name: common.load_prompt_set(model, config[name], config.prompt_format, limit=config.limit)
                 for name in SETS}

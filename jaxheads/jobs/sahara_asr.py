@@ -17,6 +17,7 @@ from jaxheads.eval import asr
 from jaxheads.eval.judges import DEGENERATE_RULE
 from jaxheads.jobs import common
 from jaxheads.jobs.evaluate import DISAGREEMENTS, generation_settings
+from jaxheads.jobs.heads import read_head_file
 
 LOG = "sahara_asr.partial.jsonl"
 GENERATIONS = "generations.jsonl"
@@ -61,7 +62,7 @@ def run(config) -> dict:
     per_prompt = bool(config.top_k_from)
     with io.RunFolder(config.out) as folder:
         model = common.load_model(config)
-        source = common.read_head_file(config.top_k_from or config.sahara, "top_k_from" if per_prompt else "sahara",
+        source = read_head_file(config.top_k_from or config.sahara, "top_k_from" if per_prompt else "sahara",
                                        model, need="query" if per_prompt else "heads")
         cfg = model.config
         if per_prompt:

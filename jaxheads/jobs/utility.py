@@ -24,6 +24,7 @@ from jaxheads.eval import asr, utility
 from jaxheads.interventions import ablation_mask, from_mask, parse_heads
 from jaxheads.jobs import common
 from jaxheads.jobs.evaluate import generation_settings
+from jaxheads.jobs.heads import read_head_file
 from jaxheads.train import tokenize_examples
 from jaxheads.train.datasets import arithmetic_accuracy, arithmetic_problems, model_answers
 
@@ -105,7 +106,7 @@ def run(config) -> dict:
     with io.RunFolder(config.out) as folder:
         model = common.load_model(config)
         if config.sahara:
-            common.read_head_file(config.sahara, "sahara", model, need="heads")
+            read_head_file(config.sahara, "sahara", model, need="heads")
         settings = common.head_settings(heads, model.config.num_layers, model.config.num_heads, max_heads,
                                  config.random_draws, config.seed)
         data = common.load_prompt_set(model, config.harmless, config.prompt_format, config.column, config.limit)
