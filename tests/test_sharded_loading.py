@@ -381,7 +381,7 @@ def test_job_loads_onto_its_mesh(monkeypatch):
     assert spec == "m" and first["dtype"] == "bfloat16" and first["sharding"] == "tp_fsdp"  # --fsdp
     assert first["mesh"].shape == {"data": 1, "model": 1}  # every device (one here) data-parallel
     assert default is None and second["mesh"].shape == {"data": 1, "model": 1} and second["sharding"] == "fsdp"
-    assert third == {"dtype": "float32", "mesh": None, "sharding": None}
+    assert third == {"dtype": "float32", "mesh": None, "sharding": None, "verify_weights": False}
     with pytest.raises(JaxheadsError, match="--fsdp is --sharding=tp_fsdp"):
         common.load_model(ml_collections.ConfigDict({"model": "m", "dtype": "float32", "mesh": "", "fsdp": True,
                                                      "sharding": "fsdp"}))

@@ -173,7 +173,7 @@ def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tiny_checkpoint, tmp_pa
     examples = _examples(2, seed=5)
     train(jaxheads.load(tiny_checkpoint("llama_mha")[1]), examples, config, tmp_path)
     other_model = jaxheads.load(tiny_checkpoint("llama_gqa_llama3_rope_tied")[1])
-    with pytest.raises(CheckpointError, match=r"another training run; what differs .*model\.config_sha256"):
+    with pytest.raises(CheckpointError, match=r"another training run; what differs .*model\.files\.config\.json"):
         train(other_model, examples, config, tmp_path)
     model = jaxheads.load(tiny_checkpoint("llama_mha")[1])
     with pytest.raises(CheckpointError, match=r"examples: "):
