@@ -3,39 +3,45 @@
 Python raises KeyboardInterrupt wherever the main thread happens to be, and some places drop it: one raised inside
 a gc callback (JAX registers one) is printed as "Exception ignored" and the program goes on. `install()` (the
 `jaxheads` command calls it) sets a SIGINT handler that records every interrupt and raises KeyboardInterrupt as
-Python's does, except inside `deferred()` blocks and during a garbage collection, where it only marks it pending:
-a deferred block raises it when it ends, `check()` raises it at a safe point, and `interrupted()` tells the launcher
-at exit that the run was interrupted even if the exception was dropped somewhere. Without `install()`, a
-`deferred()` block sets the same handler for its own duration (in the main thread).
+Python's does, except inside `deferred()` blocks, where it only marks it pending (the block raises it when it
+ends; `check()` raises it at a safe point), and inside gc callbacks, where it is sent again 50 ms later.
+`interrupted()` tells the launcher at exit that the run was interrupted even if the exception was dropped somewhere.
+Without `install()`, a `deferred()` block sets the same handler for its own duration (in the main thread).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import signal
 import threading
 from typing import Iterator
 
-_state = {"pending": False, "seen": False, "depth": 0, "in_gc": False}
+REDELIVER_SECONDS = 0.05
+_state = {"pending": False, "seen": False, "depth": 0}
 
 
 def _handler(signum, frame) -> None:
     _state["seen"] = True
-    if _state["depth"] or _state["in_gc"]:
+    if _state["depth"]:
         _state["pending"] = True
+    elif _in_gc_callback(frame):  # sent again in a moment, when the callback has returned
+        _state["pending"] = True
+        threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), signal.SIGINT)).start()
     else:
+        _state["pending"] = False
         raise KeyboardInterrupt
 
 
-def _gc_started(phase: str, info: dict) -> None:
-    if phase == "start":
-        _state["in_gc"] = True
-
-
-def _gc_stopped(phase: str, info: dict) -> None:
-    if phase == "stop":
-        _state["in_gc"] = False
+def _in_gc_callback(frame) -> bool:
+    """Whether `frame` runs inside a gc callback (where Python would print and drop the KeyboardInterrupt)."""
+    codes = {getattr(getattr(callback, "__func__", callback), "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _main_thread() -> bool:
@@ -44,12 +50,8 @@ def _main_thread() -> bool:
 
 def install() -> None:
     """Records every SIGINT of this process; raises it at once outside deferred blocks and garbage collections."""
-    if not _main_thread():
-        return
-    signal.signal(signal.SIGINT, _handler)
-    if _gc_started not in gc.callbacks:  # around every other callback: first at the start, last at the stop
-        gc.callbacks.insert(0, _gc_started)
-        gc.callbacks.append(_gc_stopped)
+    if _main_thread():
+        signal.signal(signal.SIGINT, _handler)
 
 
 def interrupted() -> bool:
