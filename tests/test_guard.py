@@ -136,6 +136,9 @@ def test_decision_rule_threshold_and_temperature_as_documented():
     assert classifier.decide(probs, GUARD_TASK, 0.6, 0.5) == ["safe", "focused_attention", "focused_attention",
                                                              "conditionally_safe"]
     assert classifier.decide(probs, GUARD_TASK, 0.6, 0.25) == ["safe", "unsafe", "focused_attention", "unsafe"]
+    # Both bars are strict: a probability equal to the threshold does not pass it.
+    assert classifier.decide(probs, GUARD_TASK, 0.7, 0.3) == ["conditionally_safe", "focused_attention",
+                                                             "focused_attention", "conditionally_safe"]
     # The alarm threshold allows floor(target * negatives) false alarms: 1 of 20 at 0.05, so the second highest.
     assert calibration.choose_alarm_threshold([0.4, 0.9, 0.6], 20, 0.05) == 0.6
     assert calibration.choose_alarm_threshold([0.9], 20, 0.05) == 0.0

@@ -63,3 +63,36 @@ def test_a_resumed_sahara_runs_only_the_scans_of_its_unfinished_steps(tiny_check
     assert resumed.heads[0] == first.heads[0] and resumed.steps[0] is saved[0]
     done = sahara.sahara(model, prompts, steps=3, batch_size=3, done_steps=resumed.steps)
     assert len(scans) == 3 and done.heads == resumed.heads  # nothing left to compute
+
+
+def test_response_cross_entropy_is_the_mean_over_response_tokens_by_hand():
+    """Uniform logits over V = 16: every token costs log 16, and the mean over response tokens is log 16 however
+    many there are (one token included: the count, not a floor of the count, divides)."""
+    from jaxheads.train.data import Example, pad_right
+    from jaxheads.train.trainer import response_cross_entropy
+
+    for examples in ([Example((5, 6, 7, 8), 3)], [Example((5, 6, 7, 8, 9), 2), Example((5, 6, 9), 2)]):
+        batch = pad_right(examples, pad=0, max_length=16)
+        logits = np.zeros((*batch.ids.shape, 16), np.float32)
+        np.testing.assert_allclose(response_cross_entropy(logits, batch.ids, batch.response), np.log(16), rtol=1e-6)
+    batch = pad_right([Example((5, 6, 7), 1)], pad=0, max_length=16)
+    logits = np.zeros((*batch.ids.shape, 16), np.float32)
+    logits[0, 0, 6] = np.log(15.0)  # p(6) = 15 / 30 = 1/2 at the first answer token, uniform 1/16 at the second
+    np.testing.assert_allclose(response_cross_entropy(logits, batch.ids, batch.response),
+                               (np.log(2) + np.log(16)) / 2, rtol=1e-6)
+
+
+def test_sink_attention_of_a_two_token_sequence_under_uniform_attention_is_one_half(tiny_checkpoint):
+    """Zero queries make every head's attention uniform over the prefix: the one query after the sink of a
+    two-token sequence puts exactly 1/2 on it, and over T tokens the mean of 1/(i+1), i = 1..T-1."""
+    from jaxheads.sink import sink_attention
+
+    _, directory = tiny_checkpoint("llama_gqa_llama3_rope_tied")
+    graphdef, state = nnx.split(jaxheads.load(directory).module)
+    state["q"][...] = jnp.zeros_like(state["q"][...])
+    module = nnx.merge(graphdef, state)
+    ids = np.array([[0, 5, 9, 0, 0], [7, 3, 4, 8, 2]])
+    mask = np.array([[False, True, True, False, False], [True, True, True, True, True]])
+    alpha = np.asarray(sink_attention(module, ids, mask))
+    np.testing.assert_allclose(alpha[0], 0.5, atol=1e-6)
+    np.testing.assert_allclose(alpha[1], np.mean(1 / np.arange(2, 6)), atol=1e-6)
