@@ -23,10 +23,10 @@ from jaxheads.tokens import pad_id
 from jaxheads.train import tokenize_examples
 from jaxheads.train.data import pad_right
 from jaxheads.train.datasets import (
+    Problem,
     answer_value,
     arithmetic_accuracy,
     arithmetic_problems,
-    Problem,
     harmful_mixture,
     refusal_answers,
     trim_to_sentence,
