@@ -11,6 +11,7 @@ import pytest
 
 import jaxheads
 from jaxheads import interventions, io
+from jaxheads import ships as ships_lib
 from jaxheads.configs import evaluate as evaluate_config
 from jaxheads.configs import sahara as sahara_config
 from jaxheads.configs import sahara_asr as sahara_asr_config
@@ -45,6 +46,11 @@ def test_ships_writes_self_describing_outputs_and_a_rerun_recomputes_nothing(tin
     assert scores.shape == (5, 3, 4) and (scores > 0).all()
     np.testing.assert_allclose(result["mean"], scores.mean(0), rtol=1e-6)
     assert returned["scores"] == result["scores"]
+    # the same prompts through the library's scan directly (its chunks may differ from the job's: float32 KL sums
+    # of ~128 terms agree to a few 1e-7)
+    expected = ships_lib.query_level(jaxheads.load(str(tiny_model_with_tokenizer)), result["prompts"], "ua",
+                                     batch_size=2)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=2e-6)
     assert len((tmp_path / "ships.csv").read_text().splitlines()) == 1 + 5 * 12
     assert (tmp_path / "ships_heatmap.png").stat().st_size > 1000
     ships.run(config)  # every prompt is done: nothing is appended to the log
