@@ -136,6 +136,9 @@ def test_decision_rule_threshold_and_temperature_as_documented():
     assert classifier.decide(probs, GUARD_TASK, 0.6, 0.5) == ["safe", "focused_attention", "focused_attention",
                                                              "conditionally_safe"]
     assert classifier.decide(probs, GUARD_TASK, 0.6, 0.25) == ["safe", "unsafe", "focused_attention", "unsafe"]
+    # Both bars are strict: a probability equal to the threshold does not pass it.
+    assert classifier.decide(probs, GUARD_TASK, 0.7, 0.3) == ["conditionally_safe", "focused_attention",
+                                                             "focused_attention", "conditionally_safe"]
     # The alarm threshold allows floor(target * negatives) false alarms: 1 of 20 at 0.05, so the second highest.
     assert calibration.choose_alarm_threshold([0.4, 0.9, 0.6], 20, 0.05) == 0.6
     assert calibration.choose_alarm_threshold([0.9], 20, 0.05) == 0.0
@@ -260,7 +263,7 @@ def test_the_three_bad_inputs_are_clear_errors(tiny_dir, toy_guard, tmp_path):
                                      out=str(tmp_path / "d")))
 
 
-def test_eval_and_classify_write_metrics_tiers_and_the_plot(tiny_dir, toy_guard, tmp_path):
+def test_eval_and_classify_write_metrics_tiers_and_the_plot(tiny, tiny_dir, toy_guard, tmp_path):
     _, _, _, out = toy_guard
     labelled = tmp_path / "toy.jsonl"
     labelled.write_text("".join(json.dumps({"prompt": p, "tier": t.replace("_", " ").title()}) + "\n" for p, t in TOY))
@@ -274,6 +277,15 @@ def test_eval_and_classify_write_metrics_tiers_and_the_plot(tiny_dir, toy_guard,
     assert len(lines) == 32 and set(lines[0]["probs"]) == set(TIERS) and lines[0]["label"] == "safe"
     assert abs(sum(lines[0]["probs"].values()) - 1) < 1e-6
     assert (tmp_path / "eval" / "guard_confusion.png").stat().st_size > 1000
+    # The same numbers independently: the adapter merged into the model, one unpadded forward per prompt, the
+    # temperature, the decision rule, and the metrics of those tiers against the file's.
+    _, adapter, _, _ = toy_guard
+    merged = classifier.merged_model(tiny, adapter.lora, adapter.arrays)
+    probs = softmax(independent_label_logits(merged, [p for p, _ in TOY]) / adapter.temperature)
+    np.testing.assert_allclose([[line["probs"][t] for t in TIERS] for line in lines], probs, atol=2e-5)
+    predicted = classifier.decide(probs, GUARD_TASK, adapter.threshold, adapter.alarm_threshold)
+    assert [line["label"] for line in lines] == predicted
+    assert result["metrics"] == metrics_lib.metrics([t for _, t in TOY], predicted, GUARD_TASK)
 
     unlabelled = guard_job.classify(config_of(classify_config, guard=str(out), model=str(tiny_dir),
                                               dataset="builtin:harmful:heldout", limit=5, out=str(tmp_path / "cls")))

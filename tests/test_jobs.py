@@ -11,6 +11,7 @@ import pytest
 
 import jaxheads
 from jaxheads import interventions, io
+from jaxheads import ships as ships_lib
 from jaxheads.configs import evaluate as evaluate_config
 from jaxheads.configs import sahara as sahara_config
 from jaxheads.configs import sahara_asr as sahara_asr_config
@@ -45,6 +46,11 @@ def test_ships_writes_self_describing_outputs_and_a_rerun_recomputes_nothing(tin
     assert scores.shape == (5, 3, 4) and (scores > 0).all()
     np.testing.assert_allclose(result["mean"], scores.mean(0), rtol=1e-6)
     assert returned["scores"] == result["scores"]
+    # the same prompts through the library's scan directly (its chunks may differ from the job's: float32 KL sums
+    # of ~128 terms agree to a few 1e-7)
+    expected = ships_lib.query_level(jaxheads.load(str(tiny_model_with_tokenizer)), result["prompts"], "ua",
+                                     batch_size=2)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=2e-6)
     assert len((tmp_path / "ships.csv").read_text().splitlines()) == 1 + 5 * 12
     assert (tmp_path / "ships_heatmap.png").stat().st_size > 1000
     ships.run(config)  # every prompt is done: nothing is appended to the log
@@ -147,17 +153,24 @@ def test_too_long_prompts_are_reported_by_position_before_the_scan(tiny_model_wi
     assert not (tmp_path / "out" / "ships.partial.jsonl").exists()
 
 
-def test_sahara_resumes_extends_and_truncates_its_steps(tiny_model_with_tokenizer, tmp_path):
+def test_sahara_resumes_extends_and_truncates_its_steps(tiny_model_with_tokenizer, tmp_path, monkeypatch):
+    from jaxheads import sahara as sahara_lib
+
+    scans = []  # one scan per step computed (no harmless set): a resumed step must not be scanned again
+    scan = sahara_lib.scan_ablations
+    monkeypatch.setattr(sahara_lib, "scan_ablations", lambda *a, **k: scans.append(1) or scan(*a, **k))
     settings = dict(model=str(tiny_model_with_tokenizer), limit=6, batch_size=3, out=str(tmp_path))
     two = sahara.run(config_of(sahara_config, **settings, steps=2))
+    assert len(scans) == 2
     assert len(two["heads"]) == 2 and len(two["steps"]) == 2 and two["settings"]["rank"] == 1
     chosen = two["heads"][0]
     assert two["steps"][1]["scores"][chosen[0]][chosen[1]] is None  # already in the group
     assert (tmp_path / "sahara_heads.png").stat().st_size > 1000
     one = sahara.run(config_of(sahara_config, **settings, steps=1))  # the first step of the same search
     assert one["heads"] == two["heads"][:1] and one["steps"] == two["steps"][:1]
-    assert len(read(tmp_path / "sahara.json")["steps"]) == 1
+    assert len(read(tmp_path / "sahara.json")["steps"]) == 1 and len(scans) == 2
     three = sahara.run(config_of(sahara_config, **settings, steps=3))  # continues from the two logged steps
+    assert len(scans) == 3
     assert three["heads"][:2] == two["heads"] and three["steps"][:2] == two["steps"]
     assert len((tmp_path / "sahara.partial.jsonl").read_text().splitlines()) == 3
     with pytest.raises(JaxheadsError, match="--rank must be at most the number of prompts"):

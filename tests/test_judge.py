@@ -21,6 +21,7 @@ from jaxheads.data.labels import HARMFUL
 from jaxheads.data.loaders import JUDGE_LABELS, load_builtin_records, load_labelled, load_refusals, load_responses
 from jaxheads.errors import DataError, JaxheadsError, LoadError
 from jaxheads.eval import asr, judges
+from jaxheads.eval import metrics as metrics_lib
 from jaxheads.eval.judges import JUDGE_TASK, ResponseJudge, make_judge
 from jaxheads.guard import GUARD_TASK, TIERS, Guard
 from jaxheads.jobs import common
@@ -165,7 +166,7 @@ def test_training_on_a_separable_toy_set_reaches_high_accuracy_and_round_trips(t
     assert blank_labels == ["non_answer"] and blank_probs[0].tolist() == [0.0, 0.0, 1.0, 0.0]
 
 
-def test_judge_eval_writes_metrics_keyword_agreement_and_the_disagreements(tiny_dir, toy_judge, tmp_path):
+def test_judge_eval_writes_metrics_keyword_agreement_and_the_disagreements(tiny, tiny_dir, toy_judge, tmp_path):
     _, out, data = toy_judge
     result = guard_job.evaluate_judge(config_of(judge_eval_config, judge=str(out), model=str(tiny_dir),
                                                 dataset=str(data), disagreements=3, out=str(tmp_path / "eval")))
@@ -192,6 +193,21 @@ def test_judge_eval_writes_metrics_keyword_agreement_and_the_disagreements(tiny_
     assert [line["judge_probability"] for line in success] == pytest.approx(harmful[:3])
     assert result["keyword"]["attack_success_agreement_with_judge"]["numerator"] == len(TOY) - len(harmful)
     assert (tmp_path / "eval" / "judge_confusion.png").stat().st_size > 1000
+    # The labels and metrics independently: the adapter merged into the model, one unpadded forward per
+    # (prompt, response), the temperature and the decision rule; the metrics of those labels against the toy set's.
+    adapter = Adapter.load(out / "adapter")
+    merged = classifier.merged_model(tiny, adapter.lora, adapter.arrays)
+    label_ids = list(classifier.label_token_ids(tiny.tokenizer, JUDGE_TASK))
+    logits = np.asarray([np.asarray(jaxheads.forward(merged, np.asarray([tiny.tokenizer(JUDGE_TASK.format(
+        {"prompt": p, "response": r}))["input_ids"]])))[0, -1, label_ids] for p, r, _ in TOY], np.float64)
+    z = logits / adapter.temperature
+    probs = np.exp(z - z.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose([[line["probs"][name] for name in JUDGE_LABELS] for line in lines], probs, atol=2e-5)
+    predicted = classifier.decide(probs, JUDGE_TASK, adapter.threshold, adapter.alarm_threshold)
+    assert [line["judge_label"] for line in lines] == predicted
+    assert result["metrics"] == metrics_lib.metrics([t for _, _, t in TOY], predicted, JUDGE_TASK)
+    assert result["accuracy"]["numerator"] == sum(p == t for p, (_, _, t) in zip(predicted, TOY))
 
 
 def test_evaluate_with_a_trained_judge_reports_it_next_to_the_keyword_judges(tiny_dir, toy_judge, tmp_path):

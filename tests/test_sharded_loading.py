@@ -1,7 +1,7 @@
 """Loading straight onto a mesh (`jaxheads.load(..., mesh=, sharding=)`): every parameter is created in its sharded
 layout from the slices of the checkpoint its devices hold, on 8 simulated CPU devices (subprocesses with
-JAX_NUM_CPU_DEVICES=8) and on a mesh spanning two processes, with the memory that takes; and the errors and the
-notice of bad placements."""
+JAX_NUM_CPU_DEVICES=8) and on a mesh spanning two processes; and the errors and the notice of bad placements.
+The peak memory a load takes is a measurement, not a pass/fail property here: `python bench/sharded_load.py`."""
 
 import json
 import os
@@ -184,24 +184,6 @@ def test_sharded_load_equals_the_unsharded_load(runs, data, tensor, rules):
     assert np.abs(logits["reference"]).max() > 0.1  # logits that are not all ~0
     if rules != "tp":
         assert report["same_tokens"]
-
-
-@pytest.mark.parametrize("data,tensor,rules", LAYOUTS)
-def test_loading_needs_little_memory_beyond_the_placed_shards(runs, checkpoint, data, tensor, rules):
-    """On simulated CPU devices every device's shards live in host memory, so the process's peak RSS while
-    loading holds all placed shards; beyond them it may hold one parameter's host copy of this process's shards
-    and the file pages of one tensor, far from a second copy of the checkpoint (the untied embedding and LM head
-    are split over the vocabulary, not copied to every device)."""
-    report, _ = runs[data, tensor, rules]
-    _, checkpoint_bytes = checkpoint
-    grown = report["peak"] - report["baseline"]
-    over = grown - report["placed"]
-    mib = 2**20
-    print(f"\n{data}x{tensor} {rules}: checkpoint {checkpoint_bytes / mib:.0f} MiB, peak RSS "
-          f"{report['peak'] / mib:.0f} MiB = import baseline {report['baseline'] / mib:.0f} MiB + "
-          f"{grown / mib:.0f} MiB; placed shards {report['placed'] / mib:.0f} MiB; over placed {over / mib:.0f} MiB "
-          f"({over / checkpoint_bytes:.2f} of the checkpoint)")
-    assert over < 0.6 * checkpoint_bytes
 
 
 def test_tiny_gguf_with_fewer_kv_heads_than_the_model_axis_splits_them_and_the_query_groups(runs):
