@@ -194,5 +194,8 @@ def test_arithmetic_task_has_exact_answers_and_disjoint_heldout():
     assert arithmetic_accuracy([twelve, seven, seven], ["6 * 2 = 12", "8 minus 1 is 7", "It is 7, or 8"]) == 2 / 3
     assert [answer_value(text) for text in ["6 * 2 = 12", "The answer is 9, not 12", "from -3", "no number"]] == [
         12, 9, -3, None]
+    for problems, responses in (([seven], []), ([], [])):
+        with pytest.raises(DataError, match="one response per problem and at least one problem"):
+            arithmetic_accuracy(problems, responses)
     assert trim_to_sentence("One. Two! Three is cut") == "One. Two!"
     assert trim_to_sentence("\n\nSure, here is the plan. First, we") == "Sure, here is the plan."
