@@ -29,8 +29,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_jsonl(path: str | os.PathLike, records) -> None:
-    """Writes `records` as JSON Lines (one `json.dumps` per record) atomically, as `atomic_write_text`."""
-    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+    """Writes `records` as JSON Lines (one `json.dumps` per record) atomically, as `atomic_write_text`; a NaN or
+    infinite value is an error naming its record, raised before anything is written."""
+    lines = []
+    for number, record in enumerate(records, start=1):
+        try:
+            lines.append(json.dumps(record, allow_nan=False, default=_numpy_to_json) + "\n")
+        except (TypeError, ValueError) as error:
+            raise DataError(f"cannot write record {number} of {path} as JSON: {error}") from error
+    atomic_write_text(path, "".join(lines))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

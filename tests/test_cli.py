@@ -176,3 +176,17 @@ def test_the_training_commands_defaults_are_the_trainers_own():
         same = {name: config[name] for name in library if name not in names}
         assert same == {name: library[name] for name in same}, command
         assert all(config[name] != library[name] for name in names), command
+
+
+def test_nan_and_inf_settings_and_a_broken_config_file_are_one_line_errors(tmp_path):
+    """These were reported as "cannot write fingerprint.json as JSON", an OverflowError traceback and a SyntaxError
+    traceback."""
+    (tmp_path / "broken.py").write_text("def get_config(:\n")
+    cases = {("align", "--epochs=inf"): "jaxheads align: error: --epochs must be a finite number, got inf",
+             ("ships", "--ablation=mean", "--epsilon=nan"): "jaxheads ships: error: --epsilon must be a finite number, "
+                                                            "got nan",
+             ("ships", "--config=broken.py"): "jaxheads ships: error: --config broken.py: syntax error at line 1: "
+                                              "invalid syntax"}
+    for args, line in cases.items():
+        result = jaxheads(*args, "--out=out", cwd=tmp_path)
+        assert (result.returncode, result.stderr.strip()) == (2, line)

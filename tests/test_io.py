@@ -115,3 +115,11 @@ def test_read_json_errors(tmp_path):
     broken.write_text('{"a": ')
     with pytest.raises(DataError, match="broken.json is not valid JSON"):
         io.read_json(broken)
+
+
+def test_a_jsonl_file_is_never_written_with_nan(tmp_path):
+    """guard.jsonl of a NaN model once held `NaN` tokens: the JSON Lines writer now refuses them, naming the record."""
+    path = tmp_path / "guard.jsonl"
+    with pytest.raises(DataError, match=r"record 2 of .*guard\.jsonl"):
+        io.atomic_write_jsonl(path, [{"tier": "safe", "p": 0.5}, {"tier": "safe", "p": float("nan")}])
+    assert not path.exists()
