@@ -176,17 +176,35 @@ class Adapter:
         if not (directory / ADAPTER_META).is_file() and (directory / "adapter" / ADAPTER_META).is_file():
             directory = directory / "adapter"
         if not (directory / ADAPTER_META).is_file() or not (directory / ADAPTER_WEIGHTS).is_file():
-            raise LoadError(f"{path} holds no guard adapter ({ADAPTER_META} and {ADAPTER_WEIGHTS}); give the folder "
-                            "a `jaxheads guard train` run wrote, its adapter/ folder, or 'builtin'")
-        meta = json.loads((directory / ADAPTER_META).read_text())
-        if meta.get("format") != ADAPTER_FORMAT:
+            raise LoadError(f"{path} holds no classifier adapter ({ADAPTER_META} and {ADAPTER_WEIGHTS}); give the "
+                            "folder a `jaxheads guard train` or `jaxheads judge train` run wrote, its adapter/ folder, "
+                            "or 'builtin'")
+        again = "train the adapter again or copy its folder anew"
+        try:
+            meta = json.loads((directory / ADAPTER_META).read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise LoadError(f"{directory / ADAPTER_META} cannot be read as JSON ({error}); {again}") from None
+        if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
             raise LoadError(f"{directory / ADAPTER_META} is not a jaxheads classifier adapter")
-        tensors = load_file(str(directory / ADAPTER_WEIGHTS))
-        arrays = {target: {part: tensors[f"{target}.{part}"].astype(np.float32) for part in ("a", "b")}
-                  for target in meta["lora"]["targets"]}
-        return cls(Task.from_dict(meta["task"]), tuple(meta["label_token_ids"]), meta["lora"]["rank"],
-                   meta["lora"]["alpha"], arrays, meta["model"], meta["temperature"], meta["threshold"],
-                   meta.get("alarm_threshold"), meta.get("info", {}))
+        try:
+            tensors = load_file(str(directory / ADAPTER_WEIGHTS))
+        except Exception as error:  # safetensors raises its own SafetensorError on a damaged or truncated file
+            raise LoadError(f"{directory / ADAPTER_WEIGHTS} cannot be read ({error}); {again}") from None
+        try:
+            targets = meta["lora"]["targets"]
+            missing = [f"{target}.{part}" for target in targets for part in ("a", "b")
+                       if f"{target}.{part}" not in tensors]
+            if missing:
+                raise LoadError(f"{directory / ADAPTER_WEIGHTS} lacks the tensors {', '.join(missing)} that "
+                                f"{ADAPTER_META} lists; {again}")
+            arrays = {target: {part: tensors[f"{target}.{part}"].astype(np.float32) for part in ("a", "b")}
+                      for target in targets}
+            return cls(Task.from_dict(meta["task"]), tuple(meta["label_token_ids"]), meta["lora"]["rank"],
+                       meta["lora"]["alpha"], arrays, meta["model"], meta["temperature"], meta["threshold"],
+                       meta.get("alarm_threshold"), meta.get("info", {}))
+        except (KeyError, TypeError) as error:
+            raise LoadError(f"{directory / ADAPTER_META} lacks the field {error} (or holds it in another form); "
+                            f"{again}") from None
 
     def check_fits(self, model) -> None:
         """Raises a LoadError naming the differences when `model` is not of the shape the adapter was trained

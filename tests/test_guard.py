@@ -399,3 +399,41 @@ def test_the_shipped_guard_loads_onto_the_default_model_and_sorts_obvious_prompt
     tiers, probs = guard.classify(prompts)
     assert tiers == ["unsafe", "safe", "unsafe"], (tiers, probs.round(3))
     np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-6)
+
+
+def test_a_damaged_adapter_is_one_error_naming_its_file_and_field(tmp_path):
+    """A truncated adapter.safetensors, an adapter.json cut short or missing a field, and a folder without an
+    adapter are each a LoadError naming the file (and the field), never a raw SafetensorError or KeyError."""
+    import shutil
+
+    source = guard_lib.builtin_adapter_dir()
+    assert Adapter.load(source).task.name == "guard"  # the intact copy loads
+
+    def damaged(name):
+        folder = tmp_path / name
+        shutil.copytree(source, folder)
+        return folder
+
+    truncated = damaged("truncated")
+    weights = truncated / classifier.ADAPTER_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(LoadError, match=r"adapter\.safetensors cannot be read .*train the adapter again"):
+        Adapter.load(truncated)
+
+    cut = damaged("cut")
+    meta = cut / classifier.ADAPTER_META
+    meta.write_text(meta.read_text()[:40])
+    with pytest.raises(LoadError, match=r"adapter\.json cannot be read as JSON"):
+        Adapter.load(cut)
+
+    for field in ("temperature", "label_token_ids"):
+        missing = damaged(f"no_{field}")
+        meta = missing / classifier.ADAPTER_META
+        values = json.loads(meta.read_text())
+        del values[field]
+        meta.write_text(json.dumps(values))
+        with pytest.raises(LoadError, match=rf"adapter\.json lacks the field '{field}'"):
+            Adapter.load(missing)
+
+    with pytest.raises(LoadError, match="holds no classifier adapter .*guard train.*judge train"):
+        Adapter.load(tmp_path)
