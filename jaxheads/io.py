@@ -31,24 +31,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_jsonl(path: str | os.PathLike, records) -> None:
     """Writes `records` as JSON Lines (one `json.dumps` per record) atomically, as `atomic_write_text`; a NaN or
     infinite value is an error naming its record, raised before anything is written."""
-    lines = []
-    for number, record in enumerate(records, start=1):
-        try:
-            lines.append(json.dumps(record, allow_nan=False, default=_numpy_to_json) + "\n")
-        except (TypeError, ValueError) as error:
-            raise DataError(f"cannot write record {number} of {path} as JSON: {error}") from error
+    lines = [_to_json(record, f"write record {number} of {path}") + "\n"
+             for number, record in enumerate(records, start=1)]
     atomic_write_text(path, "".join(lines))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Writes `obj` as indented JSON (numpy arrays and scalars as lists and numbers) atomically. NaN/inf and
     objects JSON cannot hold are errors raised before anything is written."""
-    try:
-        text = json.dumps(obj, indent=2, allow_nan=False, default=_numpy_to_json)
-    except (TypeError, ValueError) as error:
-        raise DataError(f"cannot write {path} as JSON: {error}; convert such values first "
-                        "(e.g. NaN to None, other objects to dicts or strings)") from error
+    text = _to_json(obj, f"write {path}", "; convert such values first (e.g. NaN to None, other objects to dicts or "
+                    "strings)", indent=2)
     atomic_write_text(path, text + "\n")
+
+
+def _to_json(value: Any, what: str, hint: str = "", **options) -> str:
+    """`value` as JSON text, numpy values as lists and numbers; NaN/inf and objects JSON cannot hold are a
+    DataError "cannot {what} as JSON: ...{hint}"."""
+    try:
+        return json.dumps(value, allow_nan=False, default=_numpy_to_json, **options)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"cannot {what} as JSON: {error}{hint}") from error
 
 
 def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -98,10 +100,7 @@ class JsonlLog:
 
     def append(self, record: dict) -> None:
         """Adds one record as a line and syncs it (in process 0 only)."""
-        try:
-            line = json.dumps(record, allow_nan=False, default=_numpy_to_json) + "\n"
-        except (TypeError, ValueError) as error:
-            raise DataError(f"cannot log this record to {self.path} as JSON: {error}") from error
+        line = _to_json(record, f"log this record to {self.path}") + "\n"
         if not is_writer():
             return
         if not self._tail_checked:
